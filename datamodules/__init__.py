@@ -1,0 +1,4 @@
+from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
+from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
+from lightning_sam.datamodules.seeded_epoch_sampler import SeededEpochSampler
+from lightning_sam.datamodules.toy import ToyDataModule

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sam.datamodules.seeded_epoch_sampler import SeededEpochSampler
+
 
 class FeatureDataModule(pl.LightningDataModule):
     """Datamodule whose batches carry per-feature labels and group ids.
@@ -50,12 +52,10 @@ class FeatureDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, name: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.{name} is not built: call setup() first (the Trainer does).")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=SeededEpochSampler(dataset, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

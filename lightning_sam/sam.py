@@ -1,0 +1,178 @@
+"""Sharpness-Aware Minimization as a wrapper around any torch optimizer.
+
+SAM (Foret et al., arXiv 2010.01412, eq. 2): from the gradient ``g`` at the real parameters ``θ``, move to the
+phantom point ``θ̃ = θ + ε`` with ``ε = ρ g / (‖g‖₂ + eps)``, take the gradient there, and apply it to ``θ`` with the
+base optimizer. ASAM (Kwon et al., arXiv 2102.11600, eq. 9): ``ε = ρ T² g / ‖T g‖`` with ``T = |θ| + η`` on weight
+tensors (``ndim > 1``) and ``T = 1`` on biases and norm layers. LSAM (METHOD.md section 3) perturbs only the head:
+pass the head's parameters as ``perturbed_params``.
+
+The three moves are separate, named steps: :meth:`SAM.ascend` (to the phantom point), :meth:`SAM.restore` (back to
+the real point, bit for bit) and :meth:`SAM.step` (the base optimizer's update, refused at the phantom point).
+:meth:`SAM.phantom_point` pairs the first two so that an exception in between never leaves the phantom weights in
+place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+
+class Ascent(NamedTuple):
+    """What one ascent did: the norm of the (scaled, for ASAM) gradient, and of the perturbation ``ε``."""
+
+    grad_norm: Tensor
+    perturbation_norm: Tensor
+
+
+class SAM(Optimizer):
+    """SAM / ASAM / LSAM around ``base_optimizer``, sharing its ``param_groups`` and ``state``.
+
+    Because the groups are shared, LR schedulers built on this optimizer drive the base optimizer, and
+    ``state_dict`` / ``load_state_dict`` are the base optimizer's.
+
+    Args:
+        base_optimizer: the optimizer that makes the update (SGD with momentum by default in this project).
+        rho: radius ``ρ >= 0`` of the perturbation; ``0`` makes every step exactly a base step.
+        adaptive: ASAM's scale-invariant perturbation instead of SAM's.
+        eta: ASAM's ``η`` in ``T = |θ| + η``.
+        perturbed_params: the parameters to perturb (LSAM: the head's); all of the optimizer's by default.
+        eps: added to the gradient norm, so that a zero gradient gives a zero perturbation rather than NaN.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+        >>> model(torch.ones(1, 2)).sum().backward()
+        >>> with sam.phantom_point() as ascent:
+        ...     sam.zero_grad()
+        ...     model(torch.ones(1, 2)).sum().backward()
+        >>> round(ascent.perturbation_norm.item(), 6)
+        0.05
+        >>> sam.step()
+    """
+
+    def __init__(
+        self,
+        base_optimizer: Optimizer,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        perturbed_params: Iterable[Tensor] | None = None,
+        eps: float = 1e-12,
+    ) -> None:
+        if not isinstance(base_optimizer, Optimizer):
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
+        if not rho >= 0:  # also rejects NaN
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.rho = float(rho)
+        self.adaptive = adaptive
+        self.eta = float(eta)
+        self.eps = float(eps)
+        super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
+        self.base_optimizer = base_optimizer
+        # share, not copy: schedulers and checkpoints see one set of groups and one state
+        self.param_groups = base_optimizer.param_groups
+        self.state = base_optimizer.state
+        all_params = {id(p) for group in self.param_groups for p in group["params"]}
+        self._perturbed = None if perturbed_params is None else list(perturbed_params)
+        if self._perturbed is not None and not all(id(p) in all_params for p in self._perturbed):
+            raise ValueError("perturbed_params must be parameters of base_optimizer")
+        self._real: dict[Tensor, Tensor] = {}  # parameter -> its value at the real point, while at the phantom
+
+    @property
+    def at_phantom_point(self) -> bool:
+        """Whether the parameters currently hold the phantom point ``θ + ε``."""
+        return bool(self._real)
+
+    def perturbed_params(self) -> list[Tensor]:
+        """The parameters that :meth:`ascend` moves."""
+        if self._perturbed is not None:
+            return self._perturbed
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def ascend(self) -> Ascent:
+        """Moves the perturbed parameters from ``θ`` to ``θ + ε``, with ``ε`` from their current ``.grad``.
+
+        A non-finite gradient norm (an fp16 overflow, say) skips the perturbation for this step: the parameters
+        stay at ``θ`` and the returned ``grad_norm`` is non-finite, so the caller can tell.
+        """
+        if self._real:
+            raise RuntimeError("SAM.ascend() called at the phantom point: call restore() first")
+        params = [p for p in self.perturbed_params() if p.grad is not None]
+        if not params:
+            zero = torch.zeros(())
+            return Ascent(zero, zero)
+        grads = [p.grad for p in params]
+        if self.adaptive:
+            # T = |θ| + η on weights; biases and norm-layer parameters (ndim <= 1) are not rescaled
+            scales = [p.abs().add_(self.eta) if p.ndim > 1 else torch.ones_like(p) for p in params]
+            scaled = torch._foreach_mul(grads, scales)  # T g
+            grad_norm = _global_norm(scaled)
+            direction = torch._foreach_mul(scaled, scales)  # T² g
+        else:
+            grad_norm = _global_norm(grads)
+            direction = grads
+        if not torch.isfinite(grad_norm):
+            return Ascent(grad_norm, torch.zeros_like(grad_norm))
+        epsilon = torch._foreach_mul(direction, self.rho / (grad_norm + self.eps))
+        for p in params:
+            self._real[p] = p.detach().clone()
+        torch._foreach_add_(params, epsilon)
+        return Ascent(grad_norm, _global_norm(epsilon))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Puts the real parameters ``θ`` back, bit for bit (a no-op at the real point)."""
+        for p, real in self._real.items():
+            p.copy_(real)
+        self._real.clear()
+
+    @contextmanager
+    def phantom_point(self) -> Iterator[Ascent]:
+        """Ascends on entry and restores on exit, also when the block raises."""
+        ascent = self.ascend()
+        try:
+            yield ascent
+        finally:
+            self.restore()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """The base optimizer's update of the real parameters with the gradients they now hold."""
+        if self._real:
+            raise RuntimeError("SAM.step() called at the phantom point: restore() the real parameters first")
+        return self.base_optimizer.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not hasattr(self, "base_optimizer"):  # called by Optimizer.__init__ on the shared groups
+            return super().add_param_group(param_group)
+        self.base_optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        # load_state_dict replaces the base optimizer's containers: share the new ones
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+
+    def __repr__(self) -> str:
+        kind = "ASAM" if self.adaptive else "SAM"
+        subset = "" if self._perturbed is None else f", {len(self._perturbed)} perturbed tensors"
+        return f"{kind}(rho={self.rho}{subset}, base={self.base_optimizer!r})"
+
+
+def _global_norm(tensors: list[Tensor]) -> Tensor:
+    """The 2-norm of all tensors taken together, as if concatenated."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))

@@ -1,0 +1,281 @@
+"""A classifier ``z = W Φ(x) + b`` trained with SGD, SAM, ASAM or LSAM by manual optimization (METHOD.md sec. 3).
+
+One training step, for every optimizer:
+
+1. *Ascend to the phantom point.* Forward at the real parameters and take the ascent gradient: all parameters
+   for SAM/ASAM (one backward), the head only for LSAM (a head-only ``autograd.grad`` that reuses the body's
+   forward). :meth:`SAM.phantom_point` moves the perturbed parameters to ``θ + ε``.
+2. *Descend from it.* Forward at the phantom point (LSAM: only the head, on the same representation), backward,
+   restore the real parameters, and update them through Lightning's ``optimizer.step()`` so that ``global_step``,
+   checkpointing, ``max_steps`` and precision plugins behave as with automatic optimization.
+
+SGD is step 2 at ``ε = 0`` with no ascent. Under DDP, ``perturbation="global"`` takes ``ε`` from the gradient
+averaged over all devices (one device with the global batch), ``"local"`` from each device's own gradient
+(m-sharpness, Foret et al.): the ascent's backward then runs without gradient sync.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats
+from lightning_sam.sam import SAM, Ascent
+
+OptimizerName = Literal["sgd", "sam", "asam", "lsam"]
+OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "asam", "lsam")
+
+
+class SAMClassifier(pl.LightningModule):
+    """A body (any module producing the representation ``Φ(x)``) and a linear head, trained with (L)SAM.
+
+    The interface callbacks rely on: ``body`` (with ``out_features`` and, optionally, ``feature_blocks``, a dict
+    from feature name to the slice of representation columns that carries it), ``head`` (the ``nn.Linear``),
+    :meth:`representation`, ``rho`` and ``perturbation_scope``.
+
+    Args:
+        body: module mapping an input batch to ``(B, body.out_features)`` representations.
+        num_classes: ``K``, the head's outputs.
+        optimizer: ``"sgd"``, ``"sam"``, ``"asam"`` or ``"lsam"`` (head-only perturbation).
+        rho: perturbation radius ``ρ >= 0`` (ignored by ``"sgd"``).
+        perturbation: ``"global"`` or ``"local"`` ascent gradient under multi-device training.
+        lr: base SGD learning rate.
+        momentum: base SGD momentum.
+        nesterov: Nesterov momentum.
+        weight_decay: base SGD weight decay.
+        lr_schedule: ``"cosine"`` decay to zero over the run, or ``"constant"``.
+        asam_eta: ASAM's ``η``.
+        gradient_clip_val: clip the update gradient to this total norm (``None``: no clipping).
+        nonfinite: on a non-finite loss, ``"raise"`` (stop with an error) or ``"skip"`` the step. Under
+            ``16-mixed`` the gradient scaler handles overflows instead.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        num_classes: int = 2,
+        optimizer: OptimizerName = "lsam",
+        rho: float = 0.05,
+        perturbation: Literal["global", "local"] = "global",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 5e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        asam_eta: float = 0.01,
+        gradient_clip_val: float | None = None,
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        _check_choice("perturbation", perturbation, ("global", "local"))
+        _check_choice("lr_schedule", lr_schedule, ("cosine", "constant"))
+        _check_choice("nonfinite", nonfinite, ("raise", "skip"))
+        if not rho >= 0:
+            raise ValueError(f"rho must be >= 0, got {rho}: it is the radius of the perturbation")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if gradient_clip_val is not None and not gradient_clip_val > 0:
+            raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}")
+        out_features = getattr(body, "out_features", None)
+        if not isinstance(out_features, int):
+            raise ValueError(
+                f"body {type(body).__name__} must declare its representation size as an int attribute "
+                "`out_features` (e.g. lightning_sam.bodies.ResNetBody does)"
+            )
+        self.save_hyperparameters(ignore=["body"])
+        self.automatic_optimization = False
+        self.body = body
+        self.head = nn.Linear(out_features, num_classes)  # registered last: the model's final nn.Linear
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    # --- the interface callbacks use -------------------------------------------------------------------------
+
+    @property
+    def rho(self) -> float:
+        """The perturbation radius this module trains with (0 for SGD)."""
+        return 0.0 if self.hparams.optimizer == "sgd" else float(self.hparams.rho)
+
+    @property
+    def perturbation_scope(self) -> Literal["head", "all"]:
+        """Which parameters the phantom point moves: the head (LSAM) or all of them."""
+        return "head" if self.hparams.optimizer == "lsam" else "all"
+
+    def representation(self, x: Tensor) -> Tensor:
+        """``Φ(x)``, ``(B, D)``: the head's input."""
+        return self.body(x)
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+    # --- training --------------------------------------------------------------------------------------------
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        x, y = batch[0], batch[1]
+        opt = self.optimizers()
+        try:
+            loss, logits = self._sam_step(opt, x, y)
+        except _SkipStep:
+            opt.zero_grad()
+            self.log("train/skipped_steps", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+            return None
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.train_loss(loss.detach())
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
+        return loss.detach()
+
+    def _sam_step(self, opt: Any, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One update; returns the loss and logits at the real parameters."""
+        name = self.hparams.optimizer
+
+        # ascend to the phantom point: the gradient at the real parameters (for SGD, the update gradient)
+        local_ascent = name in ("sam", "asam") and self.hparams.perturbation == "local"
+        with opt.toggle_model(sync_grad=False) if local_ascent else nullcontext():
+            representation = self.body(x)
+            logits = self.head(representation)
+            loss = F.cross_entropy(logits, y)
+            if name == "lsam":
+                self._set_head_ascent_gradient(loss)
+            else:
+                self.manual_backward(loss)
+        self._check_finite(loss, "loss at the real parameters")
+
+        if name != "sgd":
+            # descend from it: the gradient at θ + ε, applied to θ after the restore
+            with opt.optimizer.phantom_point() as ascent:
+                opt.zero_grad()
+                if name == "lsam":
+                    # Φ(x) does not move under LSAM: reuse the body's forward, re-run only the head
+                    phantom_logits = self.head(representation)
+                else:
+                    with frozen_batchnorm_stats(self.body):
+                        phantom_logits = self(x)
+                phantom_loss = F.cross_entropy(phantom_logits, y)
+                self._check_finite(phantom_loss, "loss at the phantom point")
+                self.manual_backward(phantom_loss)
+            self._log_ascent(ascent, phantom_loss, scaled=name != "lsam")
+
+        opt.step()
+        opt.zero_grad()
+        return loss, logits
+
+    def _set_head_ascent_gradient(self, loss: Tensor) -> None:
+        """LSAM: ``∇_{W,b} L`` into the head's ``.grad``, keeping the graph for the descent's backward."""
+        head = list(self.head.parameters())
+        grads = torch.autograd.grad(loss, head, retain_graph=True)
+        if self.hparams.perturbation == "global" and self.trainer.world_size > 1:
+            # the head gradient is small: one all-reduce of it gives every device the global-batch direction
+            flat = self.trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
+            grads = tuple(flat[n - g.numel() : n].view_as(g) for g, n in zip(grads, _ends(grads), strict=True))
+        for p, g in zip(head, grads, strict=True):
+            p.grad = g
+
+    def _check_finite(self, loss: Tensor, where: str) -> None:
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # 16-mixed: the GradScaler skips overflowing steps and lowers its scale
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if finite:
+            return
+        if self.hparams.nonfinite == "skip":
+            raise _SkipStep
+        raise FloatingPointError(
+            f"non-finite {where} ({loss.item()}) at global step {self.trainer.global_step}; the parameters were "
+            "left at the real point. Lower --model.lr or --model.rho, set --model.gradient_clip_val, or pass "
+            "--model.nonfinite skip to skip such steps."
+        )
+
+    def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, scaled: bool) -> None:
+        grad_norm = ascent.grad_norm
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaled and scaler is not None:
+            grad_norm = grad_norm / scaler.get_scale()  # the ascent backward ran on the scaled loss
+        self.log("train/grad_norm", grad_norm.float(), on_step=True, on_epoch=False)
+        self.log("train/perturbation_norm", ascent.perturbation_norm.float(), on_step=True, on_epoch=False)
+        self.log("train/loss_phantom", phantom_loss.detach(), on_step=True, on_epoch=True)
+
+    @override
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # gradients are unscaled here under 16-mixed (Lightning's precision plugin calls this hook after unscale_)
+        clip = self.hparams.gradient_clip_val
+        if clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    # --- evaluation ------------------------------------------------------------------------------------------
+
+    def _evaluate(self, batch: Any, stage: str, loss_metric: MeanMetric, acc: MulticlassAccuracy) -> dict[str, Tensor]:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        loss_metric(loss)
+        acc(logits, y)
+        self.log(f"{stage}/loss", loss_metric, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
+        return {"loss": loss, "logits": logits}
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "val", self.val_loss, self.val_acc)
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "test", self.test_loss, self.test_acc)
+
+    # --- optimizer -------------------------------------------------------------------------------------------
+
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        base = torch.optim.SGD(
+            self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
+        )
+        if hp.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = base
+        else:
+            optimizer = SAM(
+                base,
+                rho=hp.rho,
+                adaptive=hp.optimizer == "asam",
+                eta=hp.asam_eta,
+                perturbed_params=list(self.head.parameters()) if hp.optimizer == "lsam" else None,
+            )
+        if hp.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _SkipStep(Exception):
+    """Raised inside a training step to abandon it (``nonfinite="skip"``)."""
+
+
+def _ends(tensors: tuple[Tensor, ...]) -> list[int]:
+    ends, total = [], 0
+    for t in tensors:
+        total += t.numel()
+        ends.append(total)
+    return ends
+
+
+def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -1,0 +1,170 @@
+"""The SAM optimizer wrapper on tiny analytic problems."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_sam import SAM
+
+
+def _quadratic(seed: int = 0) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return nn.Linear(3, 2), torch.randn(8, 3), torch.randn(8, 2)
+
+
+def _loss(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return ((model(x) - t) ** 2).mean()
+
+
+@pytest.mark.parametrize("rho", [-0.1, float("nan")])
+def test_rho_must_be_non_negative(rho):
+    model, _, _ = _quadratic()
+    with pytest.raises(ValueError, match="rho must be >= 0"):
+        SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=rho)
+
+
+def test_ascent_has_norm_rho_along_the_gradient():
+    model, x, t = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.3)
+    _loss(model, x, t).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    ascent = sam.ascend()
+    eps = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    flat_eps, flat_g = torch.cat([e.flatten() for e in eps]), torch.cat([g.flatten() for g in grads])
+    assert torch.linalg.vector_norm(flat_eps).item() == pytest.approx(0.3, rel=1e-5)
+    assert ascent.perturbation_norm.item() == pytest.approx(0.3, rel=1e-5)
+    assert ascent.grad_norm.item() == pytest.approx(torch.linalg.vector_norm(flat_g).item(), rel=1e-6)
+    torch.testing.assert_close(flat_eps, 0.3 * flat_g / flat_g.norm())
+
+
+def test_zero_gradient_gives_zero_perturbation_not_nan():
+    model, _, _ = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    ascent = sam.ascend()
+    assert ascent.grad_norm.item() == 0.0 and ascent.perturbation_norm.item() == 0.0
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+def test_nonfinite_gradient_skips_the_perturbation():
+    model, _, _ = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    ascent = sam.ascend()
+    assert not torch.isfinite(ascent.grad_norm)
+    assert not sam.at_phantom_point
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+def test_restore_returns_real_parameters_bit_for_bit():
+    model, x, t = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.7)
+    before = [p.detach().clone() for p in model.parameters()]
+    _loss(model, x, t).backward()
+    sam.ascend()
+    assert sam.at_phantom_point
+    sam.restore()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+def test_phantom_point_restores_when_the_block_raises():
+    model, x, t = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.7)
+    before = [p.detach().clone() for p in model.parameters()]
+    _loss(model, x, t).backward()
+    with pytest.raises(KeyboardInterrupt), sam.phantom_point():
+        raise KeyboardInterrupt
+    assert not sam.at_phantom_point
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+def test_step_is_refused_at_the_phantom_point():
+    model, x, t = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.7)
+    _loss(model, x, t).backward()
+    sam.ascend()
+    with pytest.raises(RuntimeError, match="phantom point"):
+        sam.step()
+
+
+def test_second_step_equals_base_step_with_phantom_gradient():
+    model, x, t = _quadratic()
+    reference = nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2), rho=0.2)
+    base = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+
+    _loss(model, x, t).backward()
+    with sam.phantom_point():
+        phantom = [p.detach().clone() for p in model.parameters()]
+        sam.zero_grad()
+        _loss(model, x, t).backward()
+    sam.step()
+
+    # reference: the gradient at θ + ε from a separate copy, applied to θ by the plain base optimizer
+    at_phantom = nn.Linear(3, 2)
+    with torch.no_grad():
+        for q, v in zip(at_phantom.parameters(), phantom):
+            q.copy_(v)
+    _loss(at_phantom, x, t).backward()
+    for p, q in zip(reference.parameters(), at_phantom.parameters()):
+        p.grad = q.grad.clone()
+    base.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_perturbed_params_limits_the_ascent_to_a_subset():
+    body, head = nn.Linear(3, 4), nn.Linear(4, 2)
+    model = nn.Sequential(body, head)
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5, perturbed_params=head.parameters())
+    body_before = [p.detach().clone() for p in body.parameters()]
+    model(torch.randn(5, 3)).sum().backward()
+    ascent = sam.ascend()
+    assert ascent.perturbation_norm.item() == pytest.approx(0.5, rel=1e-5)
+    for p, b in zip(body.parameters(), body_before):
+        assert torch.equal(p, b)
+
+
+def test_asam_perturbation_has_norm_rho_after_undoing_its_scaling():
+    model, x, t = _quadratic()
+    eta = 0.01
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.4, adaptive=True, eta=eta)
+    before = [p.detach().clone() for p in model.parameters()]
+    _loss(model, x, t).backward()
+    sam.ascend()
+    # ε = ρ T² g / ‖T g‖  =>  ‖T⁻¹ ε‖ = ρ, with T = |θ| + η on the weight and 1 on the bias
+    unscaled = []
+    for p, b in zip(model.parameters(), before):
+        scale = b.abs() + eta if p.ndim > 1 else torch.ones_like(b)
+        unscaled.append(((p.detach() - b) / scale).flatten())
+    assert torch.linalg.vector_norm(torch.cat(unscaled)).item() == pytest.approx(0.4, rel=1e-5)
+
+
+def test_scheduler_and_state_dict_act_on_the_base_optimizer():
+    model, x, t = _quadratic()
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sam = SAM(base, rho=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(sam, step_size=1, gamma=0.5)
+    _loss(model, x, t).backward()
+    sam.step()
+    scheduler.step()
+    assert base.param_groups[0]["lr"] == pytest.approx(0.05)
+    state = sam.state_dict()
+    assert state == base.state_dict() and len(state["state"]) == 2
+
+    fresh_base = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    fresh = SAM(fresh_base, rho=0.1)
+    fresh.load_state_dict(state)
+    assert fresh.param_groups is fresh_base.param_groups and fresh.param_groups[0]["lr"] == pytest.approx(0.05)
+    for p in model.parameters():
+        torch.testing.assert_close(fresh.state[p]["momentum_buffer"], base.state[p]["momentum_buffer"])

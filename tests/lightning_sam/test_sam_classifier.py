@@ -1,0 +1,239 @@
+"""SAMClassifier through a real Trainer: the steps equal their definitions, and Lightning's machinery still works."""
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_sam import SAMClassifier
+from lightning_sam.bodies import TwoBranchMLP
+from lightning_sam.datamodules import FeatureTensorDataset, ToyDataModule
+
+
+class BNBody(nn.Module):
+    """A body with BatchNorm, to watch the running statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6))
+        self.out_features = 6
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _data(n: int = 32, seed: int = 0) -> FeatureTensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = (x[:, 0] + 0.3 * torch.randn(n, generator=g) > 0).long()
+    return FeatureTensorDataset(x, y, torch.stack([y, y], dim=1))
+
+
+def _trainer(tmp_path=None, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        deterministic=True,
+    )
+    if tmp_path is not None:
+        defaults["default_root_dir"] = tmp_path
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def _model(make_body, **kwargs) -> SAMClassifier:
+    torch.manual_seed(0)
+    return SAMClassifier(make_body(), lr_schedule="constant", momentum=0.9, weight_decay=1e-3, lr=0.1, **kwargs)
+
+
+def _fit(model: SAMClassifier, data: FeatureTensorDataset, batch_size: int, **trainer_kwargs) -> pl.Trainer:
+    trainer = _trainer(**trainer_kwargs)
+    trainer.fit(model, DataLoader(data, batch_size=batch_size, shuffle=False))
+    return trainer
+
+
+@pytest.mark.parametrize("optimizer", ["sam", "lsam", "asam"])
+def test_rho_zero_reproduces_sgd_step_for_step(optimizer):
+    data = _data(48)
+    sgd = _fit(_model(BNBody, optimizer="sgd"), data, batch_size=8, max_steps=6).lightning_module
+    sam = _fit(_model(BNBody, optimizer=optimizer, rho=0.0), data, batch_size=8, max_steps=6).lightning_module
+    for (name, p), q in zip(sgd.named_parameters(), sam.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    for b, c in zip(sgd.buffers(), sam.buffers()):
+        assert torch.equal(b, c)
+
+
+def _reference_step(model: SAMClassifier, x, y, rho: float, scope: str) -> SAMClassifier:
+    """θ ← SGD(θ, ∇L(θ + ε)), with the gradient at θ + ε from a separate forward/backward on a copy."""
+    real = copy.deepcopy(model)
+    F.cross_entropy(real(x), y).backward()
+    perturbed = [p for n, p in real.named_parameters() if scope == "all" or n.startswith("head.")]
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in perturbed]))
+    phantom = copy.deepcopy(real)
+    with torch.no_grad():
+        for (n, p), q in zip(real.named_parameters(), phantom.parameters()):
+            if scope == "all" or n.startswith("head."):
+                q.add_(rho * p.grad / norm)
+    phantom.zero_grad()
+    F.cross_entropy(phantom(x), y).backward()
+    updated = copy.deepcopy(model)
+    base = torch.optim.SGD(updated.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for p, q in zip(updated.parameters(), phantom.parameters()):
+        p.grad = q.grad.clone()
+    base.step()
+    return updated
+
+
+@pytest.mark.parametrize(("optimizer", "scope"), [("sam", "all"), ("lsam", "head")])
+def test_step_equals_reference_computation(optimizer, scope):
+    data = _data(16)
+    model = _model(BNBody, optimizer=optimizer, rho=0.5)
+    expected = _reference_step(model, data.x, data.y, rho=0.5, scope=scope)
+    _fit(model, data, batch_size=16, max_steps=1)
+    for (name, p), q in zip(model.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_perturbed_pass_leaves_batchnorm_buffers_unchanged():
+    data = _data(16)
+    model = _model(BNBody, optimizer="sam", rho=0.5)
+    once = copy.deepcopy(model).train()
+    once(data.x)  # exactly one forward at the real parameters
+    _fit(model, data, batch_size=16, max_steps=1)
+    for (name, b), c in zip(model.body.named_buffers(), once.body.buffers()):
+        assert torch.equal(b, c), name
+    assert model.body.net[1].num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize(("optimizer", "forwards_per_step"), [("lsam", 1), ("sgd", 1), ("sam", 2)])
+def test_body_forward_count_per_step(optimizer, forwards_per_step):
+    model = _model(lambda: TwoBranchMLP(hidden=8), optimizer=optimizer, rho=0.5)
+    calls = []
+    model.body.register_forward_hook(lambda *_: calls.append(1))
+    _fit(model, _data(40), batch_size=8, max_epochs=1)  # 5 steps
+    assert len(calls) == 5 * forwards_per_step
+
+
+def test_global_step_counts_training_batches():
+    trainer = _fit(
+        _model(lambda: TwoBranchMLP(hidden=8), optimizer="sam", rho=0.1), _data(40), batch_size=8, max_epochs=3
+    )
+    assert trainer.global_step == 15
+
+
+def test_max_steps_stops_mid_epoch():
+    trainer = _fit(
+        _model(lambda: TwoBranchMLP(hidden=8), optimizer="lsam", rho=0.1), _data(40), batch_size=8, max_steps=7
+    )
+    assert trainer.global_step == 7
+
+
+class _Preempted(pl.Callback):
+    """Ends a run after `epochs` epochs, as a pre-empted job would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resumed_run_continues_and_ends_where_an_uninterrupted_run_ends(tmp_path):
+    def run(root, callbacks=(), ckpt_path=None):
+        pl.seed_everything(0)
+        model = SAMClassifier(TwoBranchMLP(hidden=8), optimizer="sam", rho=0.2, lr=0.05)
+        dm = ToyDataModule(batch_size=32, n_train=128, n_val=64, n_probe=16)
+        trainer = _trainer(root, max_epochs=4, enable_checkpointing=True, limit_val_batches=None, callbacks=callbacks)
+        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        return trainer, model
+
+    full_trainer, full = run(tmp_path / "full")
+    first, _ = run(tmp_path / "first", callbacks=[_Preempted(2)])
+    assert first.global_step == 8
+    ckpt = first.checkpoint_callback.best_model_path
+    resumed_trainer, resumed = run(tmp_path / "resumed", ckpt_path=ckpt)
+    assert resumed_trainer.global_step == full_trainer.global_step == 16
+    for (name, p), q in zip(full.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    assert resumed.lr_schedulers().last_epoch == full.lr_schedulers().last_epoch == 16
+
+
+def test_bf16_mixed_trains_on_cpu():
+    data = _data(64)
+    model = _model(BNBody, optimizer="sam", rho=0.05)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = _fit(model, data, batch_size=16, max_epochs=2, precision="bf16-mixed")
+    assert trainer.global_step == 8
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_lsam_learns_the_toy():
+    pl.seed_everything(0)
+    model = SAMClassifier(TwoBranchMLP(hidden=16), optimizer="lsam", rho=1.0, lr=0.1)
+    trainer = _trainer(max_epochs=5, limit_val_batches=None)
+    trainer.fit(model, ToyDataModule(batch_size=32, n_train=512, n_val=256, n_probe=16))
+    assert trainer.callback_metrics["val/acc"] > 0.95
+    for key in ("train/loss", "train/acc", "val/loss", "train/grad_norm", "train/perturbation_norm"):
+        assert key in trainer.callback_metrics
+    assert trainer.callback_metrics["train/perturbation_norm"].item() == pytest.approx(1.0, rel=1e-4)
+
+
+class _PoisonedBody(nn.Module):
+    """Returns NaN at the phantom point: the second forward of every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.out_features = 4
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.lin(x)
+        return out * float("nan") if self.calls % 2 == 0 else out
+
+
+def test_nonfinite_phantom_loss_stops_with_real_parameters_in_place():
+    model = _model(_PoisonedBody, optimizer="sam", rho=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="nonfinite skip"):
+        _fit(model, _data(16), batch_size=16, max_steps=1)
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+def test_nonfinite_phantom_loss_skips_the_step_when_configured():
+    model = _model(_PoisonedBody, optimizer="sam", rho=0.1, nonfinite="skip")
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = _fit(model, _data(32), batch_size=16, max_epochs=1)
+    assert trainer.global_step == 0
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"optimizer": "adam"}, "optimizer must be one of"),
+        ({"rho": -1.0}, "rho must be >= 0"),
+        ({"perturbation": "regional"}, "perturbation must be one of"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SAMClassifier(TwoBranchMLP(hidden=4), **kwargs)
+
+
+def test_body_without_out_features_is_explained():
+    with pytest.raises(ValueError, match="out_features"):
+        SAMClassifier(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))

@@ -53,7 +53,7 @@ def main() -> None:
         run=False,
         save_config_kwargs={"overwrite": True},
     )
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config["ckpt_path"])
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config["ckpt_path"], weights_only=True)
     if cli.trainer.is_global_zero:
         print(run_summary(cli.trainer))
 

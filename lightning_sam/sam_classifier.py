@@ -239,6 +239,25 @@ class SAMClassifier(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate(batch, "test", self.test_loss, self.test_acc)
 
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
+        if own == theirs:
+            return
+        missing, unexpected = sorted(own.keys() - theirs.keys()), sorted(theirs.keys() - own.keys())
+        reshaped = sorted(k for k in own.keys() & theirs.keys() if own[k] != theirs[k])
+        details = "; ".join(
+            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", reshaped))
+            if keys
+        )
+        raise ValueError(
+            f"the checkpoint was written by a different model than this {type(self.body).__name__} body with "
+            f"{self.hparams.num_classes} classes ({details}). Resume with the body, num_classes and data of the run "
+            "that wrote it (its config.yaml sits next to the checkpoint: --config that file)."
+        )
+
     # --- optimizer -------------------------------------------------------------------------------------------
 
     @override

@@ -54,9 +54,9 @@ def _model(make_body, **kwargs) -> SAMClassifier:
     return SAMClassifier(make_body(), lr_schedule="constant", momentum=0.9, weight_decay=1e-3, lr=0.1, **kwargs)
 
 
-def _fit(model: SAMClassifier, data: FeatureTensorDataset, batch_size: int, **trainer_kwargs) -> pl.Trainer:
+def _fit(model: SAMClassifier, data: FeatureTensorDataset, batch_size: int, ckpt_path=None, **trainer_kwargs):
     trainer = _trainer(**trainer_kwargs)
-    trainer.fit(model, DataLoader(data, batch_size=batch_size, shuffle=False))
+    trainer.fit(model, DataLoader(data, batch_size=batch_size, shuffle=False), ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 
@@ -153,7 +153,7 @@ def test_resumed_run_continues_and_ends_where_an_uninterrupted_run_ends(tmp_path
         model = SAMClassifier(TwoBranchMLP(hidden=8), optimizer="sam", rho=0.2, lr=0.05)
         dm = ToyDataModule(batch_size=32, n_train=128, n_val=64, n_probe=16)
         trainer = _trainer(root, max_epochs=4, enable_checkpointing=True, limit_val_batches=None, callbacks=callbacks)
-        trainer.fit(model, dm, ckpt_path=ckpt_path)
+        trainer.fit(model, dm, ckpt_path=ckpt_path, weights_only=True)
         return trainer, model
 
     full_trainer, full = run(tmp_path / "full")
@@ -165,6 +165,14 @@ def test_resumed_run_continues_and_ends_where_an_uninterrupted_run_ends(tmp_path
     for (name, p), q in zip(full.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     assert resumed.lr_schedulers().last_epoch == full.lr_schedulers().last_epoch == 16
+
+
+def test_checkpoint_of_a_different_model_is_refused_with_the_fix(tmp_path):
+    model = _model(lambda: TwoBranchMLP(hidden=8), optimizer="sgd")
+    trainer = _fit(model, _data(16), batch_size=16, max_steps=1, default_root_dir=tmp_path, enable_checkpointing=True)
+    other = _model(BNBody, optimizer="sgd")
+    with pytest.raises(ValueError, match="different model.*config.yaml"):
+        _fit(other, _data(16), batch_size=16, max_steps=2, ckpt_path=trainer.checkpoint_callback.best_model_path)
 
 
 def test_bf16_mixed_trains_on_cpu():

@@ -157,7 +157,6 @@ class SAMClassifier(pl.LightningModule):
                 self._set_head_ascent_gradient(loss)
             else:
                 self.manual_backward(loss)
-        self._check_finite(loss, "loss at the real parameters")
 
         if name != "sgd":
             # descend from it: the gradient at θ + ε, applied to θ after the restore
@@ -170,9 +169,12 @@ class SAMClassifier(pl.LightningModule):
                     with frozen_batchnorm_stats(self.body):
                         phantom_logits = self(x)
                 phantom_loss = F.cross_entropy(phantom_logits, y)
+                # a non-finite loss at θ gives a non-finite gradient, no perturbation, and is caught here
                 self._check_finite(phantom_loss, "loss at the phantom point")
                 self.manual_backward(phantom_loss)
             self._log_ascent(ascent, phantom_loss, scaled=name != "lsam")
+        else:
+            self._check_finite(loss, "loss")
 
         opt.step()
         opt.zero_grad()

@@ -229,6 +229,43 @@ def test_nonfinite_phantom_loss_skips_the_step_when_configured():
         assert torch.equal(p, b)
 
 
+class _Preemption(Exception):
+    pass
+
+
+class _InterruptedAtPhantom(nn.Module):
+    """Raises in the forward at the phantom point, as a pre-emption would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.out_features = 4
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise _Preemption
+        return self.lin(x)
+
+
+def test_interrupt_at_the_phantom_point_leaves_and_checkpoints_the_real_parameters(tmp_path):
+    from pytorch_lightning.callbacks import OnExceptionCheckpoint
+
+    model = _model(_InterruptedAtPhantom, optimizer="sam", rho=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    on_exception = OnExceptionCheckpoint(dirpath=tmp_path)
+    trainer = _trainer(max_steps=1, callbacks=[on_exception], enable_checkpointing=True, default_root_dir=tmp_path)
+    with pytest.raises(_Preemption):
+        trainer.fit(model, DataLoader(_data(16), batch_size=16))
+    assert trainer.global_step == 0
+    assert not model.optimizers().optimizer.at_phantom_point
+    saved = torch.load(on_exception.ckpt_path, weights_only=True)["state_dict"]
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+        assert torch.equal(saved[key], value), key
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

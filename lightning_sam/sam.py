@@ -84,7 +84,7 @@ class SAM(Optimizer):
         self._perturbed = None if perturbed_params is None else list(perturbed_params)
         if self._perturbed is not None and not all(id(p) in all_params for p in self._perturbed):
             raise ValueError("perturbed_params must be parameters of base_optimizer")
-        self._real: dict[Tensor, Tensor] = {}  # parameter -> its value at the real point, while at the phantom
+        self._real: dict[Tensor, Tensor] = {}  # parameter -> its tensor at the real point, while at the phantom
 
     @property
     def at_phantom_point(self) -> bool:
@@ -117,22 +117,26 @@ class SAM(Optimizer):
             scaled = torch._foreach_mul(grads, scales)  # T g
             grad_norm = _global_norm(scaled)
             direction = torch._foreach_mul(scaled, scales)  # T² g
+            direction_norm = _global_norm(direction)
         else:
-            grad_norm = _global_norm(grads)
+            grad_norm = direction_norm = _global_norm(grads)
             direction = grads
         if not torch.isfinite(grad_norm):
             return Ascent(grad_norm, torch.zeros_like(grad_norm))
-        epsilon = torch._foreach_mul(direction, self.rho / (grad_norm + self.eps))
-        for p in params:
-            self._real[p] = p.detach().clone()
-        torch._foreach_add_(params, epsilon)
-        return Ascent(grad_norm, _global_norm(epsilon))
+        step = self.rho / (grad_norm.item() + self.eps)
+        # θ + ε in one fused pass into new tensors; the parameters point at them and keep θ aside untouched, so
+        # the restore is a pointer swap, exact and free (no copy of θ is ever made)
+        phantom = torch._foreach_add(params, direction, alpha=step)
+        for p, value in zip(params, phantom, strict=True):
+            self._real[p] = p.data
+            p.data = value
+        return Ascent(grad_norm, direction_norm * step)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Puts the real parameters ``θ`` back, bit for bit (a no-op at the real point)."""
         for p, real in self._real.items():
-            p.copy_(real)
+            p.data = real
         self._real.clear()
 
     @contextmanager

@@ -1,3 +1,5 @@
+from lightning_sam.bodies.resnet import ResNetBody
+from lightning_sam.bodies.small_cnn import SmallCNN
 from lightning_sam.bodies.two_branch_mlp import TwoBranchMLP
 
-__all__ = ["TwoBranchMLP"]
+__all__ = ["ResNetBody", "SmallCNN", "TwoBranchMLP"]

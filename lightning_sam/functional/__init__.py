@@ -1,0 +1,31 @@
+"""Pure maths behind the callbacks: probes, importance-weight inequality, phantom points, feature weights, groups."""
+
+from lightning_sam.functional.group_accuracy import (
+    average_group_accuracy,
+    group_accuracy,
+    group_counts,
+    worst_group_accuracy,
+)
+from lightning_sam.functional.importance import PhantomPoint, head_phantom, importance_weights, phantom_point
+from lightning_sam.functional.inequality import gini_coefficient, lorenz_curve
+from lightning_sam.functional.learning_rate_scaling import block_directions, feature_weight, probe_directions
+from lightning_sam.functional.linear_probe import LinearProbe, fit_linear_probe, held_out_split
+
+__all__ = [
+    "LinearProbe",
+    "PhantomPoint",
+    "average_group_accuracy",
+    "block_directions",
+    "feature_weight",
+    "fit_linear_probe",
+    "gini_coefficient",
+    "group_accuracy",
+    "group_counts",
+    "head_phantom",
+    "held_out_split",
+    "importance_weights",
+    "lorenz_curve",
+    "phantom_point",
+    "probe_directions",
+    "worst_group_accuracy",
+]

@@ -1,0 +1,56 @@
+"""What the callbacks need from a model or a datamodule, as small structural types.
+
+Any object with these attributes qualifies (every ``lightning_sam`` datamodule and ``SAMClassifier`` do); the
+callbacks check them with ``isinstance`` in ``setup`` and fall back to their own arguments otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+@runtime_checkable
+class FeatureData(Protocol):
+    """A datamodule with annotated features and decorrelated probe splits (METHOD.md section 6)."""
+
+    feature_names: tuple[str, ...]
+
+    def probe_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """The (fit, evaluate) probe loaders; batches carry ``features`` ``(B, F)`` in ``feature_names`` order."""
+        ...
+
+
+@runtime_checkable
+class GroupData(Protocol):
+    """A datamodule whose examples belong to groups (METHOD.md section 7)."""
+
+    num_groups: int
+
+    def train_group_counts(self) -> Tensor:
+        """``(num_groups,)`` example counts of the training split."""
+        ...
+
+
+@runtime_checkable
+class TrainData(Protocol):
+    """A datamodule exposing its training split as a map-style dataset."""
+
+    train_dataset: Dataset | None
+
+
+@runtime_checkable
+class SharpnessAware(Protocol):
+    """A module trained with a SAM-style perturbation (``SAMClassifier``)."""
+
+    rho: float
+    perturbation_scope: Literal["head", "all"]
+
+
+@runtime_checkable
+class FeatureBlocks(Protocol):
+    """A body whose representation has one declared block of columns per feature (``TwoBranchMLP``)."""
+
+    feature_blocks: dict[str, slice]

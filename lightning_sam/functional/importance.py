@@ -1,0 +1,118 @@
+"""Per-example importance weights at the real and the phantom point (METHOD.md sections 3 and 4).
+
+The gradient of the cross-entropy with respect to the logits has size ``λ_i = 1 − softmax(z_i)[y_i]``: SGD's update
+weights example ``i`` by ``λ_i``, SAM's by the same quantity ``λ̃_i`` at the phantom point ``θ̃ = θ + ε``,
+``ε = ρ g / (‖g‖₂ + eps)`` with ``g`` the batch-mean loss gradient over the perturbed parameters (all of them for
+SAM, the head ``(W, b)`` for LSAM). The phantom point is built functionally (``torch.func.functional_call``), so
+the module's parameters, gradients and buffers are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+def importance_weights(logits: Tensor, y: Tensor) -> Tensor:
+    """``(N,)`` importance weights ``λ_i = 1 − softmax(z_i)[y_i]`` of ``(N, K)`` logits, in float64.
+
+    Computed as ``Σ_{k≠y} softmax(z)_k = exp(logsumexp_{k≠y} z − logsumexp z)``: ``1 − p`` in float32 is exactly 0
+    once ``p`` rounds to 1 (margins above ~17), which would make every well-fit example's weight, and so the Gini
+    coefficient of a fitted model, meaningless. This form keeps relative sizes down to margins of ~700.
+
+    Example:
+        >>> importance_weights(torch.tensor([[0.0, 0.0], [2.0, -2.0]]), torch.tensor([1, 0])).float().round(decimals=4)
+        tensor([0.5000, 0.0180])
+        >>> importance_weights(torch.tensor([[40.0, 0.0]]), torch.tensor([0])).item() > 0
+        True
+    """
+    if logits.ndim != 2 or y.shape != logits.shape[:1]:
+        raise ValueError(f"need (N, K) logits and (N,) labels, got {tuple(logits.shape)} and {tuple(y.shape)}")
+    z = logits.double()
+    others = z.scatter(1, y.long()[:, None], float("-inf"))
+    return torch.exp(torch.logsumexp(others, dim=1) - torch.logsumexp(z, dim=1))
+
+
+def head_phantom(
+    representation: Tensor, y: Tensor, weight: Tensor, bias: Tensor | None, rho: float, eps: float = 1e-12
+) -> tuple[Tensor, Tensor | None]:
+    """LSAM's phantom head ``(W̃, b̃) = (W, b) + ρ ∇L / (‖∇L‖ + eps)`` in closed form.
+
+    With ``z = W Φ + b`` and ``r = (softmax(z) − onehot(y)) / B``: ``∇_W L = rᵀ Φ`` and ``∇_b L = Σ_i r_i``.
+
+    Args:
+        representation: ``(B, D)`` head inputs ``Φ(x)``.
+        y: ``(B,)`` labels.
+        weight: ``(K, D)`` head weight ``W``.
+        bias: ``(K,)`` head bias ``b``, or ``None`` for a head without one.
+        rho: the perturbation radius.
+        eps: added to the gradient norm (as in :class:`~lightning_sam.sam.SAM`).
+
+    Example:
+        >>> w_tilde, b_tilde = head_phantom(torch.eye(2), torch.tensor([0, 1]), torch.zeros(2, 2), None, rho=1.0)
+        >>> w_tilde.tolist(), b_tilde  # moved by ρ = 1 against the margin of both examples
+        ([[-0.5, 0.5], [0.5, -0.5]], None)
+    """
+    logits = F.linear(representation, weight, bias)
+    residual = (logits.softmax(dim=1) - F.one_hot(y.long(), weight.shape[0]).to(logits.dtype)) / len(y)
+    grad_w = residual.T @ representation
+    grad_b = residual.sum(dim=0) if bias is not None else None
+    norm_sq = grad_w.square().sum() + (grad_b.square().sum() if grad_b is not None else 0.0)
+    scale = rho / (norm_sq.sqrt() + eps)
+    return weight + scale * grad_w, (bias + scale * grad_b if bias is not None and grad_b is not None else None)
+
+
+class PhantomPoint(NamedTuple):
+    """One batch seen at the real and at the phantom parameters."""
+
+    real_logits: Tensor  # (B, K) at θ
+    phantom_logits: Tensor  # (B, K) at θ̃
+    parameters: dict[str, Tensor]  # name -> θ̃ for every perturbed parameter
+
+
+def phantom_point(
+    model: nn.Module, x: Tensor, y: Tensor, rho: float, parameter_names: Sequence[str], eps: float = 1e-12
+) -> PhantomPoint:
+    """Takes the SAM ascent step on the named parameters of ``model`` for one batch, without modifying ``model``.
+
+    ``model(x)`` must return logits; the loss is their mean cross-entropy. The ascent gradient comes from
+    ``torch.autograd.grad`` (no ``.grad`` is written) and the phantom forward from ``functional_call`` with the
+    perturbed parameters swapped in. Run the model in the mode you want measured (``eval()`` keeps BatchNorm
+    statistics and dropout out of it).
+
+    Args:
+        model: the classifier.
+        x: the batch input.
+        y: ``(B,)`` labels.
+        rho: the perturbation radius.
+        parameter_names: names (as in ``model.named_parameters()``) of the parameters to perturb.
+        eps: added to the gradient norm (as in :class:`~lightning_sam.sam.SAM`).
+
+    Example:
+        >>> head = nn.Linear(2, 2)
+        >>> point = phantom_point(head, torch.eye(2), torch.tensor([0, 1]), 0.5, ["weight", "bias"])
+        >>> w_tilde, b_tilde = head_phantom(torch.eye(2), torch.tensor([0, 1]), head.weight, head.bias, 0.5)
+        >>> torch.allclose(point.parameters["weight"], w_tilde), head.weight.grad is None
+        (True, True)
+    """
+    named = dict(model.named_parameters())
+    missing = [n for n in parameter_names if n not in named]
+    if missing:
+        raise ValueError(f"parameter_names not in the model: {missing}")
+    params = [named[n] for n in parameter_names]
+    with torch.enable_grad():
+        real_logits = model(x)
+        loss = F.cross_entropy(real_logits, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = rho / (norm + eps)
+    phantom = {n: (p + scale * g).detach() for n, p, g in zip(parameter_names, params, grads, strict=True)}
+    with torch.no_grad():
+        phantom_logits = functional_call(model, phantom, (x,))
+    return PhantomPoint(real_logits.detach(), phantom_logits, phantom)

@@ -1,0 +1,59 @@
+"""Runs FeatureProbe, ImportanceWeights and a GiniCoefficient metric on two CPU processes; run by test_ddp.py.
+
+The model does not learn (lr 0, no BatchNorm), so a one-process run sees exactly the same weights and any
+difference comes from how the callbacks shard, gather and sync. 101 probe examples: the non-shuffling
+DistributedSampler pads one rank's shard with a repeated example.
+"""
+
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import TinyClassifier, TwoFeatureDataModule  # noqa: E402
+
+from lightning_sam.callbacks import FeatureProbe, ImportanceWeights  # noqa: E402
+from lightning_sam.metrics import GiniCoefficient  # noqa: E402
+
+N = 101
+GINI_WEIGHTS = torch.rand(N, generator=torch.Generator().manual_seed(5)) ** 2
+
+
+class GiniSync(Callback):
+    """Each rank feeds an uneven share of GINI_WEIGHTS to a GiniCoefficient and keeps the synced value."""
+
+    def on_train_end(self, trainer, pl_module):
+        metric = GiniCoefficient()
+        share = GINI_WEIGHTS[:37] if trainer.global_rank == 0 else GINI_WEIGHTS[37:]
+        metric.update(share if trainer.world_size > 1 else GINI_WEIGHTS)
+        self.value = metric.compute().item()
+
+
+def run(devices: int, root: Path) -> dict:
+    torch.manual_seed(0)
+    model = TinyClassifier(lr=0.0, batchnorm=False)
+    probe = FeatureProbe()
+    importance = ImportanceWeights(rho=0.5, num_examples=N, lorenz_figure=False)
+    gini = GiniSync()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[probe, importance, gini], default_root_dir=root, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(model, TwoFeatureDataModule(n=N, batch_size=16))
+    return {
+        "probe_history": probe.history,
+        "probes": {k: (p.weight, p.bias, p.mean, p.std, p.l2) for k, p in probe.probes.items()},
+        "importance_history": importance.history,
+        "gini_metric": gini.value,
+        "rank": trainer.global_rank,
+    }
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    result = run(devices=2, root=out)
+    torch.save(result, out / f"rank{result['rank']}.pt")

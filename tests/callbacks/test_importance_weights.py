@@ -1,0 +1,108 @@
+"""ImportanceWeights: Gini coefficients and Lorenz figures of real and phantom weights, without side effects."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import TinyClassifier, TwoFeatureDataModule, assert_same_snapshot, snapshot, trainer  # noqa: E402
+
+from lightning_sam.bodies import TwoBranchMLP  # noqa: E402
+from lightning_sam.callbacks import ImportanceWeights  # noqa: E402
+from lightning_sam.functional import gini_coefficient, importance_weights  # noqa: E402
+from lightning_sam.sam_classifier import SAMClassifier  # noqa: E402
+
+
+def test_importance_weights_logs_both_ginis_and_one_lorenz_image_per_epoch(tmp_path):
+    callback = ImportanceWeights(rho=0.5, num_examples=64)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer(tmp_path, max_epochs=2, callbacks=[callback], logger=logger).fit(TinyClassifier(), TwoFeatureDataModule())
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"importance/gini_real", "importance/gini_phantom"} <= set(events.Tags()["scalars"])
+    assert len(events.Images("importance/lorenz")) == 2
+    assert len(callback.history) == 2
+    assert all(0 <= h["importance/gini_real"] < 1 and 0 <= h["importance/gini_phantom"] < 1 for h in callback.history)
+
+
+def test_importance_weights_real_gini_is_that_of_the_models_eval_logits_on_the_fixed_examples(tmp_path):
+    callback = ImportanceWeights(rho=0.5, num_examples=1000, lorenz_figure=False)  # more than the dataset: all
+    model, datamodule = TinyClassifier(), TwoFeatureDataModule()
+    trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, datamodule)
+    model.eval()
+    with torch.no_grad():
+        weights = importance_weights(model(datamodule.train_dataset.x), datamodule.train_dataset.y)
+    assert callback.history[-1]["importance/gini_real"] == pytest.approx(gini_coefficient(weights).item(), abs=1e-6)
+
+
+def test_importance_weights_phantom_equals_real_at_rho_zero(tmp_path):
+    callback = ImportanceWeights(rho=0.0, lorenz_figure=False)
+    trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TinyClassifier(), TwoFeatureDataModule())
+    h = callback.history[-1]
+    assert h["importance/gini_phantom"] == pytest.approx(h["importance/gini_real"], abs=1e-7)
+
+
+@pytest.mark.parametrize("scope", ["head", "all"])
+def test_importance_weights_leaves_parameters_gradients_buffers_modes_and_rng_as_found(tmp_path, scope):
+    callback = ImportanceWeights(rho=0.5, scope=scope, lorenz_figure=False)
+    model = TinyClassifier()
+    fitted = trainer(tmp_path, max_epochs=1, callbacks=[callback])
+    fitted.fit(model, TwoFeatureDataModule())
+    model.train()
+    model.head.weight.grad = torch.randn_like(model.head.weight)
+    before = snapshot(model)
+    callback.measure(fitted, model)
+    assert len(callback.history) == 2
+    assert_same_snapshot(before, snapshot(model))
+
+
+def _fit_samclassifier(tmp_path, callback, optimizer="lsam"):
+    torch.manual_seed(0)
+    model = SAMClassifier(TwoBranchMLP(hidden=8), optimizer=optimizer, rho=0.3, lr_schedule="constant")
+    trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, TwoFeatureDataModule(seed=1))
+    return callback.history[-1]
+
+
+def test_importance_weights_takes_rho_and_scope_from_samclassifier(tmp_path):
+    default = _fit_samclassifier(tmp_path, ImportanceWeights(lorenz_figure=False))
+    same = _fit_samclassifier(tmp_path, ImportanceWeights(rho=0.3, scope="head", lorenz_figure=False))
+    other = _fit_samclassifier(tmp_path, ImportanceWeights(rho=0.3, scope="all", lorenz_figure=False))
+    assert default == same
+    assert default["importance/gini_phantom"] != other["importance/gini_phantom"]
+    sgd = _fit_samclassifier(tmp_path, ImportanceWeights(lorenz_figure=False), optimizer="sgd")  # its rho is 0
+    assert sgd["importance/gini_phantom"] == pytest.approx(sgd["importance/gini_real"], abs=1e-7)
+
+
+def test_importance_weights_without_rho_on_a_plain_module_asks_for_it(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"ImportanceWeights needs the perturbation radius: pass ImportanceWeights\(rho="
+    ):
+        trainer(tmp_path, callbacks=[ImportanceWeights(lorenz_figure=False)]).fit(
+            TinyClassifier(), TwoFeatureDataModule()
+        )
+
+
+def test_importance_weights_by_default_draws_lorenz_only_when_tensorboard_is_there(tmp_path):
+    callback = ImportanceWeights(rho=0.1)
+    trainer(tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path)).fit(TinyClassifier(), TwoFeatureDataModule())
+    assert callback.history and "importance/gini_phantom" in callback.history[-1]
+
+
+def test_importance_weights_lorenz_figure_without_tensorboard_names_the_fix(tmp_path):
+    callback = ImportanceWeights(rho=0.1, lorenz_figure=True)
+    with pytest.raises(ValueError, match="no TensorBoardLogger.*lorenz_figure=False"):
+        trainer(tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path)).fit(
+            TinyClassifier(), TwoFeatureDataModule()
+        )
+
+
+def test_importance_weights_reads_plain_xy_batches(tmp_path):
+    data = DataLoader(TensorDataset(torch.randn(40, 3), torch.randint(0, 2, (40,))), batch_size=10)
+    callback = ImportanceWeights(rho=0.1, lorenz_figure=False)
+    trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TinyClassifier(), data)
+    assert len(callback.history) == 1

@@ -187,7 +187,8 @@ class SAMClassifier(pl.LightningModule):
         if self.hparams.perturbation == "global" and self.trainer.world_size > 1:
             # the head gradient is small: one all-reduce of it gives every device the global-batch direction
             flat = self.trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
-            grads = tuple(flat[n - g.numel() : n].view_as(g) for g, n in zip(grads, _ends(grads), strict=True))
+            parts = flat.split([g.numel() for g in grads])
+            grads = tuple(part.view_as(g) for part, g in zip(parts, grads, strict=True))
         for p, g in zip(head, grads, strict=True):
             p.grad = g
 
@@ -287,14 +288,6 @@ class SAMClassifier(pl.LightningModule):
 
 class _SkipStep(Exception):
     """Raised inside a training step to abandon it (``nonfinite="skip"``)."""
-
-
-def _ends(tensors: tuple[Tensor, ...]) -> list[int]:
-    ends, total = [], 0
-    for t in tensors:
-        total += t.numel()
-        ends.append(total)
-    return ends
 
 
 def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:

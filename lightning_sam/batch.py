@@ -11,7 +11,7 @@ Fields:
     y: the class label, ``(B,)`` long.
     features: ``(B, F)`` long, the label of every annotated feature, in the order of the datamodule's
         ``feature_names`` (for example ``("easy", "hard")`` on the toy, ``("hair", "gender")`` on CelebA).
-    group: ``(B,)`` long group id (METHOD.md section 7; ``2 * y + spurious`` for the two-feature datasets),
+    group: ``(B,)`` long group id (docs/method.md section 7; ``2 * y + spurious`` for the two-feature datasets),
         ``-1`` where a dataset defines no groups.
 """
 

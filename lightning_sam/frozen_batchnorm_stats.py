@@ -1,4 +1,4 @@
-"""Keeps BatchNorm running statistics out of SAM's perturbed forward pass (METHOD.md section 3).
+"""Keeps BatchNorm running statistics out of SAM's perturbed forward pass (docs/method.md section 3).
 
 Inside the context every BatchNorm layer still normalises with the batch statistics (as in training), but
 ``running_mean``, ``running_var`` and ``num_batches_tracked`` stay exactly as they were: only the pass at the real

@@ -3,8 +3,9 @@
 SAM (Foret et al., arXiv 2010.01412, eq. 2): from the gradient ``g`` at the real parameters ``θ``, move to the
 phantom point ``θ̃ = θ + ε`` with ``ε = ρ g / (‖g‖₂ + eps)``, take the gradient there, and apply it to ``θ`` with the
 base optimizer. ASAM (Kwon et al., arXiv 2102.11600, eq. 9): ``ε = ρ T² g / ‖T g‖`` with ``T = |θ| + η`` on weight
-tensors (``ndim > 1``) and ``T = 1`` on biases and norm layers. LSAM (METHOD.md section 3) perturbs only the head:
-pass the head's parameters as ``perturbed_params``.
+tensors (``ndim > 1``) and ``T = 1`` on biases and norm layers (both computed by
+:func:`~lightning_sam.functional.perturbation`). LSAM (docs/method.md section 3) perturbs only the head: pass the
+head's parameters as ``perturbed_params``.
 
 The three moves are separate, named steps: :meth:`SAM.ascend` (to the phantom point), :meth:`SAM.restore` (back to
 the real point, bit for bit) and :meth:`SAM.step` (the base optimizer's update, refused at the phantom point).
@@ -21,6 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from lightning_sam.functional.perturbation import perturbation
 
 
 class Ascent(NamedTuple):
@@ -101,8 +104,9 @@ class SAM(Optimizer):
     def ascend(self) -> Ascent:
         """Moves the perturbed parameters from ``θ`` to ``θ + ε``, with ``ε`` from their current ``.grad``.
 
-        A non-finite gradient norm (an fp16 overflow, say) skips the perturbation for this step: the parameters
-        stay at ``θ`` and the returned ``grad_norm`` is non-finite, so the caller can tell.
+        ``ε`` comes from :func:`~lightning_sam.functional.perturbation`, without a host sync. A non-finite gradient
+        norm (an fp16 overflow, say) gives ``ε = 0``: the phantom point equals ``θ`` and the returned ``grad_norm``
+        is non-finite, so the caller can tell.
         """
         if self._real:
             raise RuntimeError("SAM.ascend() called at the phantom point: call restore() first")
@@ -110,27 +114,14 @@ class SAM(Optimizer):
         if not params:
             zero = torch.zeros(())
             return Ascent(zero, zero)
-        grads = [p.grad for p in params]
-        if self.adaptive:
-            # T = |θ| + η on weights; biases and norm-layer parameters (ndim <= 1) are not rescaled
-            scales = [p.abs().add_(self.eta) if p.ndim > 1 else torch.ones_like(p) for p in params]
-            scaled = torch._foreach_mul(grads, scales)  # T g
-            grad_norm = _global_norm(scaled)
-            direction = torch._foreach_mul(scaled, scales)  # T² g
-            direction_norm = _global_norm(direction)
-        else:
-            grad_norm = direction_norm = _global_norm(grads)
-            direction = grads
-        if not torch.isfinite(grad_norm):
-            return Ascent(grad_norm, torch.zeros_like(grad_norm))
-        step = self.rho / (grad_norm.item() + self.eps)
+        step = perturbation(params, [p.grad for p in params], self.rho, self.adaptive, self.eta, self.eps)
         # θ + ε in one fused pass into new tensors; the parameters point at them and keep θ aside untouched, so
         # the restore is a pointer swap, exact and free (no copy of θ is ever made)
-        phantom = torch._foreach_add(params, direction, alpha=step)
+        phantom = torch._foreach_add(params, step.epsilon)
         for p, value in zip(params, phantom, strict=True):
             self._real[p] = p.data
             p.data = value
-        return Ascent(grad_norm, direction_norm * step)
+        return Ascent(step.grad_norm, step.norm)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -176,7 +167,3 @@ class SAM(Optimizer):
         subset = "" if self._perturbed is None else f", {len(self._perturbed)} perturbed tensors"
         return f"{kind}(rho={self.rho}{subset}, base={self.base_optimizer!r})"
 
-
-def _global_norm(tensors: list[Tensor]) -> Tensor:
-    """The 2-norm of all tensors taken together, as if concatenated."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))

@@ -1,4 +1,4 @@
-"""A classifier ``z = W Φ(x) + b`` trained with SGD, SAM, ASAM or LSAM by manual optimization (METHOD.md sec. 3).
+"""A classifier ``z = W Φ(x) + b`` trained with SGD, SAM, ASAM or LSAM by manual optimization (docs/method.md sec. 3).
 
 One training step, for every optimizer:
 
@@ -28,6 +28,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats
+from lightning_sam.functional.learning_rate_scaling import centred_head
+from lightning_sam.functional.perturbation import PerturbationSpec, global_norm
 from lightning_sam.sam import SAM, Ascent
 
 OptimizerName = Literal["sgd", "sam", "asam", "lsam"]
@@ -53,6 +55,9 @@ class SAMClassifier(pl.LightningModule):
         weight_decay: base SGD weight decay.
         lr_schedule: ``"cosine"`` decay to zero over the run, or ``"constant"``.
         asam_eta: ASAM's ``η``.
+        lsam_bias: LSAM also perturbs the head's bias (by default only its weight, the paper's
+            ``w̃ = w + ρ ∇_w L / ‖∇_w L‖``; near initialisation the bias can carry most of the head gradient, and a
+            phantom that moves it shifts whole classes instead of re-weighting examples).
         gradient_clip_val: clip the update gradient to this total norm (``None``: no clipping).
         nonfinite: on a non-finite loss, ``"raise"`` (stop with an error) or ``"skip"`` the step. Under
             ``16-mixed`` the gradient scaler handles overflows instead.
@@ -71,6 +76,7 @@ class SAMClassifier(pl.LightningModule):
         weight_decay: float = 5e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         asam_eta: float = 0.01,
+        lsam_bias: bool = False,
         gradient_clip_val: float | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
@@ -103,6 +109,18 @@ class SAMClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     # --- the interface callbacks use -------------------------------------------------------------------------
+
+    @property
+    def perturbation_spec(self) -> PerturbationSpec:
+        """The phantom point this module trains with; the measuring callbacks build the same one."""
+        hp = self.hparams
+        return PerturbationSpec(
+            rho=self.rho,
+            scope=self.perturbation_scope,
+            adaptive=hp.optimizer == "asam",
+            eta=hp.asam_eta,
+            head_bias=bool(hp.get("lsam_bias", False)),
+        )
 
     @property
     def rho(self) -> float:
@@ -181,8 +199,8 @@ class SAMClassifier(pl.LightningModule):
         return loss, logits
 
     def _set_head_ascent_gradient(self, loss: Tensor) -> None:
-        """LSAM: ``∇_{W,b} L`` into the head's ``.grad``, keeping the graph for the descent's backward."""
-        head = list(self.head.parameters())
+        """LSAM: ``∇_W L`` (and ``∇_b L``) into the head's ``.grad``, keeping the graph for the descent's backward."""
+        head = self._lsam_params()
         grads = torch.autograd.grad(loss, head, retain_graph=True)
         if self.hparams.perturbation == "global" and self.trainer.world_size > 1:
             # the head gradient is small: one all-reduce of it gives every device the global-batch direction
@@ -214,6 +232,19 @@ class SAMClassifier(pl.LightningModule):
         self.log("train/grad_norm", grad_norm.float(), on_step=True, on_epoch=False)
         self.log("train/perturbation_norm", ascent.perturbation_norm.float(), on_step=True, on_epoch=False)
         self.log("train/loss_phantom", phantom_loss.detach(), on_step=True, on_epoch=True)
+        self.log("train/rho_relative", self._rho_relative(), on_step=True, on_epoch=False)
+
+    @torch.no_grad()
+    def _rho_relative(self) -> Tensor:
+        """``ρ / ‖W_c‖`` (LSAM: the phantom moves the centred head by up to ``ρ``) or ``ρ / ‖θ‖`` (SAM, ASAM).
+
+        The regime: near or above 1 the phantom can reverse features (docs/method.md section 5).
+        """
+        if self.perturbation_scope == "head":
+            size = torch.linalg.matrix_norm(centred_head(self.head.weight.float()))
+        else:
+            size = global_norm([p for p in self.parameters() if p.requires_grad])
+        return self.rho / size
 
     @override
     def on_before_optimizer_step(self, optimizer: Any) -> None:
@@ -277,13 +308,18 @@ class SAMClassifier(pl.LightningModule):
                 rho=hp.rho,
                 adaptive=hp.optimizer == "asam",
                 eta=hp.asam_eta,
-                perturbed_params=list(self.head.parameters()) if hp.optimizer == "lsam" else None,
+                perturbed_params=self._lsam_params() if hp.optimizer == "lsam" else None,
             )
         if hp.lr_schedule == "constant":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lsam_params(self) -> list[nn.Parameter]:
+        """The parameters LSAM perturbs: the head's weight, and its bias with ``lsam_bias``."""
+        bias = self.head.bias if self.hparams.get("lsam_bias", False) and self.head.bias is not None else None
+        return [self.head.weight] if bias is None else [self.head.weight, bias]
 
 
 class _SkipStep(Exception):

@@ -1,6 +1,6 @@
 """torchvision ResNet-18/50 as a body: the classifier ``fc`` replaced by the identity, optionally ImageNet weights.
 
-The paper uses ResNets for CelebA, Waterbirds and DomainBed (METHOD.md section 7). Pretrained weights are
+The paper uses ResNets for CelebA, Waterbirds and DomainBed (docs/method.md section 7). Pretrained weights are
 torchvision's ``IMAGENET1K_V1`` (the original release, which Group DRO and DomainBed use), fetched into torch's
 hub cache and loaded with ``weights_only=True``.
 """

@@ -1,4 +1,4 @@
-"""The paper's from-scratch convolutional body for the two-feature image datasets (METHOD.md section 7).
+"""The paper's from-scratch convolutional body for the two-feature image datasets (docs/method.md section 7).
 
 Conv(3→32, k5, s2, p2), ReLU, Conv(32→64, k3, s2, p1), ReLU, Conv(64→128, k3, s2, p1), ReLU, Flatten; the linear
 head of :class:`~lightning_sam.SAMClassifier` follows. Flattening makes the representation size depend on the

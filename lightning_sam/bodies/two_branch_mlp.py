@@ -1,8 +1,8 @@
-"""The toy model's body (METHOD.md section 8): one MLP branch per feature, concatenated.
+"""The toy model's body (docs/method.md section 8): one MLP branch per feature, concatenated.
 
 The input is the toy's ``(B, 3)`` vector ``[x_easy, x_hard_1, x_hard_2]``. ``Φ_easy = MLP(1→h→h→k)`` and
 ``Φ_hard = MLP(2→h→h→k)`` (ReLU), and the representation is ``[Φ_easy, Φ_hard]``: with ``k = 1`` the linear head's
-two weights are ``v_easy`` and ``v_hard`` of the paper's ratio plots (METHOD.md section 5).
+two weights are ``v_easy`` and ``v_hard`` of the paper's ratio plots (docs/method.md section 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Pure maths behind the callbacks: probes, importance-weight inequality, phantom points, feature weights, groups."""
+"""Pure maths behind the optimizer and the callbacks: the perturbation, probes, importance-weight inequality,
+phantom points, feature weights, groups."""
 
 from lightning_sam.functional.group_accuracy import (
     average_group_accuracy,
@@ -7,11 +8,33 @@ from lightning_sam.functional.group_accuracy import (
     worst_group_accuracy,
 )
 from lightning_sam.functional.importance import PhantomPoint, head_phantom, importance_weights, phantom_point
-from lightning_sam.functional.inequality import gini_coefficient, lorenz_curve
-from lightning_sam.functional.learning_rate_scaling import block_directions, feature_weight, probe_directions
+from lightning_sam.functional.inequality import gini_coefficient, lorenz_curve, within_class_gini
+from lightning_sam.functional.learning_rate_scaling import (
+    FeatureScaling,
+    block_directions,
+    centred_head,
+    feature_contrast,
+    feature_scaling,
+    feature_vector,
+    feature_weight,
+    log_relative_gain,
+    probe_directions,
+)
 from lightning_sam.functional.linear_probe import LinearProbe, fit_linear_probe, held_out_split
+from lightning_sam.functional.perturbation import Perturbation, PerturbationSpec, global_norm, perturbation
 
 __all__ = [
+    "FeatureScaling",
+    "Perturbation",
+    "PerturbationSpec",
+    "centred_head",
+    "feature_contrast",
+    "feature_scaling",
+    "feature_vector",
+    "global_norm",
+    "log_relative_gain",
+    "perturbation",
+    "within_class_gini",
     "LinearProbe",
     "PhantomPoint",
     "average_group_accuracy",

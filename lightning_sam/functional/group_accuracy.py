@@ -1,6 +1,6 @@
 """Accuracy per group, the worst group's, and the average weighted by training group sizes.
 
-Groups follow METHOD.md section 7 (``2·y + spurious`` for the two-feature datasets). The "average accuracy" of the
+Groups follow docs/method.md section 7 (``2·y + spurious`` for the two-feature datasets). The "average accuracy" of the
 group-robustness literature weights each group's test accuracy by that group's share of the *training* set.
 Groups with no examples give ``nan`` and are left out of the worst-group and average figures.
 """

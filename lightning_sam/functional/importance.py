@@ -1,10 +1,10 @@
-"""Per-example importance weights at the real and the phantom point (METHOD.md sections 3 and 4).
+"""Per-example importance weights at the real and the phantom point (docs/method.md sections 3 and 4).
 
 The gradient of the cross-entropy with respect to the logits has size ``λ_i = 1 − softmax(z_i)[y_i]``: SGD's update
 weights example ``i`` by ``λ_i``, SAM's by the same quantity ``λ̃_i`` at the phantom point ``θ̃ = θ + ε``,
-``ε = ρ g / (‖g‖₂ + eps)`` with ``g`` the batch-mean loss gradient over the perturbed parameters (all of them for
-SAM, the head ``(W, b)`` for LSAM). The phantom point is built functionally (``torch.func.functional_call``), so
-the module's parameters, gradients and buffers are never touched.
+``ε`` from :func:`~lightning_sam.functional.perturbation` of the batch-mean loss gradient over the perturbed
+parameters (all of them for SAM and ASAM; the head's weight, and optionally its bias, for LSAM). The phantom point
+is built functionally (``torch.func.functional_call``): the module's parameters, gradients and buffers stay untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from lightning_sam.functional.perturbation import perturbation
 
 
 def importance_weights(logits: Tensor, y: Tensor) -> Tensor:
@@ -39,11 +41,21 @@ def importance_weights(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def head_phantom(
-    representation: Tensor, y: Tensor, weight: Tensor, bias: Tensor | None, rho: float, eps: float = 1e-12
+    representation: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    rho: float,
+    head_bias: bool = False,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    eps: float = 1e-12,
 ) -> tuple[Tensor, Tensor | None]:
-    """LSAM's phantom head ``(W̃, b̃) = (W, b) + ρ ∇L / (‖∇L‖ + eps)`` in closed form.
+    """LSAM's phantom head in closed form: ``W̃ = W + ε_W`` (and ``b̃ = b + ε_b`` with ``head_bias``).
 
-    With ``z = W Φ + b`` and ``r = (softmax(z) − onehot(y)) / B``: ``∇_W L = rᵀ Φ`` and ``∇_b L = Σ_i r_i``.
+    With ``z = W Φ + b`` and ``r = (softmax(z) − onehot(y)) / B``: ``∇_W L = rᵀ Φ`` and ``∇_b L = Σ_i r_i``; ``ε`` is
+    :func:`~lightning_sam.functional.perturbation` of the perturbed tensors (the paper's ``w̃ = w + ρ ∇_w L / ‖∇_w L‖``
+    on the weight alone by default).
 
     Args:
         representation: ``(B, D)`` head inputs ``Φ(x)``.
@@ -51,6 +63,9 @@ def head_phantom(
         weight: ``(K, D)`` head weight ``W``.
         bias: ``(K,)`` head bias ``b``, or ``None`` for a head without one.
         rho: the perturbation radius.
+        head_bias: perturb the bias too (its gradient then shares the norm with the weight's).
+        adaptive: ASAM's scale-invariant perturbation.
+        eta: ASAM's ``η``.
         eps: added to the gradient norm (as in :class:`~lightning_sam.sam.SAM`).
 
     Example:
@@ -60,11 +75,14 @@ def head_phantom(
     """
     logits = F.linear(representation, weight, bias)
     residual = (logits.softmax(dim=1) - F.one_hot(y.long(), weight.shape[0]).to(logits.dtype)) / len(y)
-    grad_w = residual.T @ representation
-    grad_b = residual.sum(dim=0) if bias is not None else None
-    norm_sq = grad_w.square().sum() + (grad_b.square().sum() if grad_b is not None else 0.0)
-    scale = rho / (norm_sq.sqrt() + eps)
-    return weight + scale * grad_w, (bias + scale * grad_b if bias is not None and grad_b is not None else None)
+    params, grads = [weight], [residual.T @ representation]
+    if head_bias and bias is not None:
+        params.append(bias)
+        grads.append(residual.sum(dim=0))
+    epsilon = perturbation(params, grads, rho, adaptive=adaptive, eta=eta, eps=eps).epsilon
+    w_tilde = weight + epsilon[0]
+    b_tilde = bias + epsilon[1] if len(epsilon) > 1 else bias
+    return w_tilde, b_tilde
 
 
 class PhantomPoint(NamedTuple):
@@ -76,7 +94,14 @@ class PhantomPoint(NamedTuple):
 
 
 def phantom_point(
-    model: nn.Module, x: Tensor, y: Tensor, rho: float, parameter_names: Sequence[str], eps: float = 1e-12
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    rho: float,
+    parameter_names: Sequence[str],
+    adaptive: bool = False,
+    eta: float = 0.01,
+    eps: float = 1e-12,
 ) -> PhantomPoint:
     """Takes the SAM ascent step on the named parameters of ``model`` for one batch, without modifying ``model``.
 
@@ -91,12 +116,14 @@ def phantom_point(
         y: ``(B,)`` labels.
         rho: the perturbation radius.
         parameter_names: names (as in ``model.named_parameters()``) of the parameters to perturb.
+        adaptive: ASAM's scale-invariant perturbation.
+        eta: ASAM's ``η``.
         eps: added to the gradient norm (as in :class:`~lightning_sam.sam.SAM`).
 
     Example:
         >>> head = nn.Linear(2, 2)
         >>> point = phantom_point(head, torch.eye(2), torch.tensor([0, 1]), 0.5, ["weight", "bias"])
-        >>> w_tilde, b_tilde = head_phantom(torch.eye(2), torch.tensor([0, 1]), head.weight, head.bias, 0.5)
+        >>> w_tilde, b_tilde = head_phantom(torch.eye(2), torch.tensor([0, 1]), head.weight, head.bias, 0.5, True)
         >>> torch.allclose(point.parameters["weight"], w_tilde), head.weight.grad is None
         (True, True)
     """
@@ -110,9 +137,8 @@ def phantom_point(
         loss = F.cross_entropy(real_logits, y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True))
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    scale = rho / (norm + eps)
-    phantom = {n: (p + scale * g).detach() for n, p, g in zip(parameter_names, params, grads, strict=True)}
+    epsilon = perturbation(params, grads, rho, adaptive=adaptive, eta=eta, eps=eps).epsilon
+    phantom = {n: (p + e).detach() for n, p, e in zip(parameter_names, params, epsilon, strict=True)}
     with torch.no_grad():
         phantom_logits = functional_call(model, phantom, (x,))
     return PhantomPoint(real_logits.detach(), phantom_logits, phantom)

@@ -1,6 +1,6 @@
 """How unevenly a set of non-negative weights is spread: the Lorenz curve and the Gini coefficient.
 
-METHOD.md section 4. For weights ``w_1..w_n >= 0`` sorted ascending, the Lorenz curve joins the points
+docs/method.md section 4. For weights ``w_1..w_n >= 0`` sorted ascending, the Lorenz curve joins the points
 ``(k/n, Σ_{j<=k} w_(j) / Σ_j w_j)`` for ``k = 0..n`` (the diagonal when all weights are equal), and the Gini
 coefficient is ``G = Σ_i (2i − n − 1) w_(i) / (n Σ_i w_i)`` with 1-based ``i``: ``0`` for equal weights, at most
 ``1 − 1/n`` (all the weight on one example). Both ignore the order of the weights and their overall scale.
@@ -62,3 +62,24 @@ def lorenz_curve(w: Tensor) -> tuple[Tensor, Tensor]:
     y = torch.cat([w.new_zeros(1), w.sort().values.cumsum(0) / total])
     y[-1] = 1.0  # exact end point despite rounding in the cumulative sum
     return x.float(), y.float()
+
+
+def within_class_gini(w: Tensor, y: Tensor) -> Tensor:
+    """The Gini coefficient of each class's weights, averaged with the class sizes as weights.
+
+    A perturbation that shifts a whole class (the head's bias does this near initialisation) moves the overall
+    Gini coefficient without re-balancing easy against hard examples of a class; this one does not see it.
+
+    Example:
+        >>> w = torch.tensor([1.0, 1.0, 3.0, 3.0])  # even within each class, uneven between them
+        >>> gini_coefficient(w).item(), within_class_gini(w, torch.tensor([0, 0, 1, 1])).item()
+        (0.25, 0.0)
+    """
+    w = _check_weights(w)
+    if y.shape != w.shape:
+        raise ValueError(f"need one label per weight, got {tuple(w.shape)} weights and {tuple(y.shape)} labels")
+    total = torch.zeros((), dtype=torch.float64, device=w.device)
+    for label in torch.unique(y):
+        members = w[y == label]
+        total += gini_coefficient(members).double() * members.numel()
+    return (total / w.numel()).float()

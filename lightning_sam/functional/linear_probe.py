@@ -1,4 +1,4 @@
-"""The linear probe that measures feature quality (METHOD.md section 6).
+"""The linear probe that measures feature quality (docs/method.md section 6).
 
 L2-regularised multinomial logistic regression on standardised representations, solved full-batch with L-BFGS
 (strong-Wolfe line search) in torch, on the representation's device. The objective for a regularisation strength

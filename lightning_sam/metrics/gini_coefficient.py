@@ -1,4 +1,4 @@
-"""The Gini coefficient of importance weights as a torchmetrics ``Metric`` (METHOD.md section 4).
+"""The Gini coefficient of importance weights as a torchmetrics ``Metric`` (docs/method.md section 4).
 
 Weights are gathered (a ``cat`` state, synced across processes on ``compute``), because the Gini coefficient of
 the union is not a function of per-process Gini coefficients.

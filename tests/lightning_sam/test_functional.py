@@ -8,6 +8,9 @@ from torch import nn
 from lightning_sam.functional import (
     average_group_accuracy,
     block_directions,
+    feature_contrast,
+    feature_scaling,
+    feature_vector,
     feature_weight,
     fit_linear_probe,
     gini_coefficient,
@@ -15,9 +18,11 @@ from lightning_sam.functional import (
     group_counts,
     head_phantom,
     importance_weights,
+    log_relative_gain,
     lorenz_curve,
     phantom_point,
     probe_directions,
+    within_class_gini,
     worst_group_accuracy,
 )
 
@@ -91,7 +96,7 @@ def test_head_phantom_moves_the_head_by_rho_along_its_gradient():
     head = nn.Linear(5, 3)
     loss = nn.functional.cross_entropy(head(phi), y)
     grad_w, grad_b = torch.autograd.grad(loss, [head.weight, head.bias])
-    w_tilde, b_tilde = head_phantom(phi, y, head.weight.detach(), head.bias.detach(), rho=0.7)
+    w_tilde, b_tilde = head_phantom(phi, y, head.weight.detach(), head.bias.detach(), rho=0.7, head_bias=True)
     step = torch.cat([(w_tilde - head.weight).flatten(), b_tilde - head.bias]).detach()
     grad = torch.cat([grad_w.flatten(), grad_b])
     assert step.norm().item() == pytest.approx(0.7, rel=1e-5)
@@ -122,9 +127,20 @@ def test_phantom_point_of_the_head_matches_the_closed_form():
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
     x, y = torch.randn(12, 4), torch.randint(0, 2, (12,))
     point = phantom_point(model, x, y, 1.5, ["2.weight", "2.bias"])
-    w_tilde, b_tilde = head_phantom(model[1](model[0](x)).detach(), y, model[2].weight, model[2].bias, 1.5)
+    phi = model[1](model[0](x)).detach()
+    w_tilde, b_tilde = head_phantom(phi, y, model[2].weight, model[2].bias, 1.5, head_bias=True)
     torch.testing.assert_close(point.parameters["2.weight"], w_tilde.detach())
     torch.testing.assert_close(point.parameters["2.bias"], b_tilde.detach())
+
+
+def test_head_phantom_moves_only_the_weight_by_default():
+    g = torch.Generator().manual_seed(0)
+    phi, y = torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
+    head = nn.Linear(5, 3)
+    grad_w = torch.autograd.grad(nn.functional.cross_entropy(head(phi), y), head.weight)[0]
+    w_tilde, b_tilde = head_phantom(phi, y, head.weight.detach(), head.bias.detach(), rho=0.7)
+    assert torch.equal(b_tilde, head.bias.detach())
+    torch.testing.assert_close(w_tilde - head.weight.detach(), 0.7 * grad_w / grad_w.norm())
 
 
 def _three_class_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,10 +192,70 @@ def test_probe_directions_of_a_two_class_probe_is_the_unit_difference_of_its_row
     torch.testing.assert_close(u[:, 0].abs(), expected.abs())
 
 
-def test_feature_weight_of_a_block_is_the_norm_of_the_heads_columns():
-    head = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+def test_feature_weight_of_a_block_is_the_norm_of_the_centred_heads_columns():
+    head = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
     v = feature_weight(head, block_directions(slice(2, 4), 6))
-    assert v.item() == pytest.approx(head[:, 2:4].norm().item(), rel=1e-6)
+    centred = head[:, 2:4] - head[:, 2:4].mean(dim=0)
+    assert v.item() == pytest.approx(centred.norm().item(), rel=1e-6)
+
+
+def test_feature_weight_ignores_a_shift_shared_by_all_rows():
+    head = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    shifted = head + torch.randn(1, 4, generator=torch.Generator().manual_seed(2))
+    u = block_directions(slice(1, 3), 4)
+    torch.testing.assert_close(feature_weight(shifted, u), feature_weight(head, u))
+
+
+def test_feature_weight_is_the_bodys_learning_rate_along_the_feature():
+    # d/dΦ of the cross-entropy is Wᵀ(p − e_y) = W_cᵀ(p − e_y): its component along u has size ≤ v, equality at the max
+    torch.manual_seed(0)
+    head = nn.Linear(4, 3)
+    u = torch.tensor([[0.6], [0.8], [0.0], [0.0]])
+    a = feature_vector(head.weight.detach(), u).flatten()
+    phi = torch.randn(5, 4, requires_grad=True)
+    y = torch.randint(0, 3, (5,))
+    (grad,) = torch.autograd.grad(nn.functional.cross_entropy(head(phi), y, reduction="sum"), phi)
+    p = head(phi).softmax(dim=1).detach()
+    residual = p - nn.functional.one_hot(y, 3).float()
+    torch.testing.assert_close((grad @ u).flatten(), residual @ a)
+
+
+def test_two_class_contrast_is_signed_and_carries_v():
+    w = torch.tensor([[0.5, 2.0], [1.5, -1.0]])
+    u = torch.tensor([[1.0], [0.0]])
+    assert feature_contrast(w, u).item() == pytest.approx(1.0)  # class 1 minus class 0
+    assert feature_weight(w, u).item() == pytest.approx(1.0 / 2**0.5)  # |d| / √2
+    assert feature_contrast(w.flip(0), u).item() == pytest.approx(-1.0)
+
+
+def test_a_phantom_that_reverses_a_feature_is_a_flip_not_a_larger_weight():
+    u = torch.tensor([[1.0], [0.0]])
+    real = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+    reversed_head = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])  # 3x the norm, the opposite sign
+    s = feature_scaling(real, reversed_head, u)
+    assert s.flipped.item() and s.gain.item() == pytest.approx(3.0)
+    batch = torch.stack([real * 0.5, reversed_head, real * 2])  # (3, K, D): one phantom head per batch
+    assert feature_scaling(real, batch, u).flipped.tolist() == [False, True, False]
+
+
+def test_log_relative_gain_is_the_log_of_the_papers_ratio_of_ratios():
+    w = torch.tensor([[-1.0, -0.5], [1.0, 0.5]])
+    w_tilde = torch.tensor([[-0.8, -0.6], [0.8, 0.6]])
+    easy_u, hard_u = torch.tensor([[1.0], [0.0]]), torch.tensor([[0.0], [1.0]])
+    easy, hard = feature_scaling(w, w_tilde, easy_u), feature_scaling(w, w_tilde, hard_u)
+    papers = (hard.v_phantom / easy.v_phantom) / (hard.v / easy.v)
+    assert log_relative_gain(easy, hard).item() == pytest.approx(torch.log(papers).item())
+    assert log_relative_gain(easy, hard).item() == pytest.approx(float(torch.log(torch.tensor(0.6 / 0.5 / 0.8))))
+
+
+def test_within_class_gini_ignores_a_shift_between_classes():
+    w = torch.tensor([0.1, 0.1, 0.1, 0.9, 0.9, 0.9])
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert gini_coefficient(w).item() > 0.3
+    assert within_class_gini(w, y).item() == pytest.approx(0.0)
+    # one-hot inside a class of 4, even in a class of 2: (4 · 3/4 + 2 · 0) / 6
+    w2 = torch.tensor([0.0, 0.0, 0.0, 1.0, 5.0, 5.0])
+    assert within_class_gini(w2, torch.tensor([0, 0, 0, 0, 1, 1])).item() == pytest.approx(0.5)
 
 
 def test_group_accuracy_worst_and_training_weighted_average():

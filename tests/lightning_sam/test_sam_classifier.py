@@ -75,12 +75,12 @@ def _reference_step(model: SAMClassifier, x, y, rho: float, scope: str) -> SAMCl
     """θ ← SGD(θ, ∇L(θ + ε)), with the gradient at θ + ε from a separate forward/backward on a copy."""
     real = copy.deepcopy(model)
     F.cross_entropy(real(x), y).backward()
-    perturbed = [p for n, p in real.named_parameters() if scope == "all" or n.startswith("head.")]
+    perturbed = [p for n, p in real.named_parameters() if scope == "all" or n.startswith(scope)]
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in perturbed]))
     phantom = copy.deepcopy(real)
     with torch.no_grad():
         for (n, p), q in zip(real.named_parameters(), phantom.parameters()):
-            if scope == "all" or n.startswith("head."):
+            if scope == "all" or n.startswith(scope):
                 q.add_(rho * p.grad / norm)
     phantom.zero_grad()
     F.cross_entropy(phantom(x), y).backward()
@@ -92,10 +92,13 @@ def _reference_step(model: SAMClassifier, x, y, rho: float, scope: str) -> SAMCl
     return updated
 
 
-@pytest.mark.parametrize(("optimizer", "scope"), [("sam", "all"), ("lsam", "head")])
-def test_step_equals_reference_computation(optimizer, scope):
+@pytest.mark.parametrize(
+    ("optimizer", "scope", "options"),
+    [("sam", "all", {}), ("lsam", "head.weight", {}), ("lsam", "head.", {"lsam_bias": True})],
+)
+def test_step_equals_reference_computation(optimizer, scope, options):
     data = _data(16)
-    model = _model(BNBody, optimizer=optimizer, rho=0.5)
+    model = _model(BNBody, optimizer=optimizer, rho=0.5, **options)
     expected = _reference_step(model, data.x, data.y, rho=0.5, scope=scope)
     _fit(model, data, batch_size=16, max_steps=1)
     for (name, p), q in zip(model.named_parameters(), expected.parameters()):
@@ -187,13 +190,26 @@ def test_bf16_mixed_trains_on_cpu():
 
 def test_lsam_learns_the_toy():
     pl.seed_everything(0)
-    model = SAMClassifier(TwoBranchMLP(hidden=16), optimizer="lsam", rho=1.0, lr=0.1)
+    model = SAMClassifier(TwoBranchMLP(hidden=16), optimizer="lsam", rho=0.2, lr=0.1)
     trainer = _trainer(max_epochs=5, limit_val_batches=None)
     trainer.fit(model, ToyDataModule(batch_size=32, n_train=512, n_val=256, n_probe=16))
     assert trainer.callback_metrics["val/acc"] > 0.95
     for key in ("train/loss", "train/acc", "val/loss", "train/grad_norm", "train/perturbation_norm"):
         assert key in trainer.callback_metrics
-    assert trainer.callback_metrics["train/perturbation_norm"].item() == pytest.approx(1.0, rel=1e-4)
+    assert trainer.callback_metrics["train/perturbation_norm"].item() == pytest.approx(0.2, rel=1e-4)
+    head_size = torch.linalg.matrix_norm(model.head.weight - model.head.weight.mean(dim=0)).item()
+    assert trainer.callback_metrics["train/rho_relative"].item() == pytest.approx(0.2 / head_size, rel=1e-4)
+
+
+@pytest.mark.parametrize(("lsam_bias", "names"), [(False, ["head.weight"]), (True, ["head.weight", "head.bias"])])
+def test_lsam_perturbs_the_head_weight_unless_asked_for_the_bias(lsam_bias, names):
+    model = SAMClassifier(
+        TwoBranchMLP(hidden=4), optimizer="lsam", rho=0.1, lsam_bias=lsam_bias, lr_schedule="constant"
+    )
+    perturbed = {id(p) for p in model.configure_optimizers().perturbed_params()}
+    assert [n for n, p in model.named_parameters() if id(p) in perturbed] == names
+    assert model.perturbation_spec.head_bias is lsam_bias
+    assert model.perturbation_spec.scope == "head"
 
 
 class _PoisonedBody(nn.Module):

@@ -11,10 +11,12 @@ from typing import Literal, Protocol, runtime_checkable
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sam.functional.perturbation import PerturbationSpec
+
 
 @runtime_checkable
 class FeatureData(Protocol):
-    """A datamodule with annotated features and decorrelated probe splits (METHOD.md section 6)."""
+    """A datamodule with annotated features and decorrelated probe splits (docs/method.md section 6)."""
 
     feature_names: tuple[str, ...]
 
@@ -25,7 +27,7 @@ class FeatureData(Protocol):
 
 @runtime_checkable
 class GroupData(Protocol):
-    """A datamodule whose examples belong to groups (METHOD.md section 7)."""
+    """A datamodule whose examples belong to groups (docs/method.md section 7)."""
 
     num_groups: int
 
@@ -42,8 +44,15 @@ class TrainData(Protocol):
 
 
 @runtime_checkable
+class PerturbedModel(Protocol):
+    """A module that declares the phantom point it trains with (``SAMClassifier``): the measurements build the same."""
+
+    perturbation_spec: PerturbationSpec
+
+
+@runtime_checkable
 class SharpnessAware(Protocol):
-    """A module trained with a SAM-style perturbation (``SAMClassifier``)."""
+    """A module that declares only its radius and scope (the measurements then assume SAM, not ASAM, no head bias)."""
 
     rho: float
     perturbation_scope: Literal["head", "all"]
@@ -54,3 +63,14 @@ class FeatureBlocks(Protocol):
     """A body whose representation has one declared block of columns per feature (``TwoBranchMLP``)."""
 
     feature_blocks: dict[str, slice]
+
+
+@runtime_checkable
+class TransferData(Protocol):
+    """A datamodule with a held-out target domain for the transfer evaluation (``DomainBedDataModule``)."""
+
+    test_domain: str | None
+
+    def transfer_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """The (fit, evaluate) loaders of the target domain; batches start with ``(x, y)``."""
+        ...

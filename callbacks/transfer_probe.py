@@ -1,51 +1,61 @@
-"""The paper's transfer evaluation on DomainBed (METHOD.md section 7): how well the learnt features serve a new domain.
+"""The paper's transfer evaluation on DomainBed (docs/method.md section 7): how well the learnt features serve a new
+domain.
 
-After training on the source domains, the model is frozen, its representation of the held-out target domain is
-extracted, a linear probe (:func:`~lightning_sam.functional.fit_linear_probe`) is fitted on the target's 80 % "in"
-part and its accuracy on the 20 % "out" part is logged as ``transfer/<domain>/acc``. The paper reports it rising
-from SGD to SAM (e.g. PACS, target cartoon, 0.897 to 0.921).
+When training ends (and, with ``every_n_epochs``, after every n-th validation epoch) the model is frozen, its
+representation of the held-out target domain is extracted, a linear probe
+(:func:`~lightning_sam.functional.fit_linear_probe`) is fitted on the target's 80 % "in" part and its accuracy on the
+20 % "out" part is logged as ``transfer/<domain>/acc``. The paper reports it rising from SGD to SAM (e.g. PACS,
+target cartoon, 0.897 to 0.921).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_sam.callbacks.batch_fields import batch_input, batch_target
+from lightning_sam.callbacks.evaluation_mode import evaluation_mode
+from lightning_sam.callbacks.protocols import TransferData  # also importable from here, its former home
+from lightning_sam.callbacks.representation import RepresentationSpec, final_linear, representation
+from lightning_sam.callbacks.sharded_map import sharded_map
 from lightning_sam.functional.linear_probe import DEFAULT_L2_GRID, fit_linear_probe
 
-Representation = Callable[[pl.LightningModule, Tensor], Tensor]
+__all__ = ["TransferData", "TransferProbe"]
 
 
-@runtime_checkable
-class TransferData(Protocol):
-    """What :class:`TransferProbe` needs from the datamodule (``DomainBedDataModule`` provides it)."""
+class TransferProbe(Callback):
+    """Fits a linear probe on the target domain's frozen representation when training ends (optionally during it).
 
-    test_domain: str | None
+    The accuracy is logged to the Trainer's loggers as ``transfer/<domain>/acc``, put in
+    ``trainer.callback_metrics`` and kept in :attr:`accuracy` and :attr:`history`. The representation is extracted
+    in eval mode, and every submodule gets back its own train/eval mode afterwards, so layers the user froze
+    (BatchNorm put in eval mode) stay frozen.
 
-    def transfer_dataloaders(self) -> tuple[DataLoader, DataLoader]:
-        """The (fit, evaluate) loaders of the target domain; batches start with ``(x, y)``."""
-        ...
+    Under DDP every rank extracts its shard of the target data; the gathered representations are those of a
+    one-process run, the probe is fitted on rank zero and its accuracy broadcast, so every rank logs the same number.
 
-
-class TransferProbe(pl.Callback):
-    """Fits a linear probe on the target domain's representation when training ends (and optionally during it).
-
-    The result is logged to the Trainer's loggers as ``transfer/<domain>/acc``, put in ``trainer.callback_metrics``
-    and kept in :attr:`accuracy`. Every rank computes the same deterministic probe, so all ranks agree.
+    Attributes:
+        accuracy: the last measured accuracy (``None`` before the first measurement).
+        history: one dict per measurement: ``epoch`` (``trainer.current_epoch``, which counts the epochs run when
+            training ends), ``step`` and the logged value.
 
     Args:
         l2_grid: regularisation strengths the probe chooses from on a held-out part of the fit split.
-        every_n_epochs: also run at the end of every n-th validation epoch (logged with ``self.log``); 0: only when
-            training ends.
+        every_n_epochs: also measure at the end of every n-th validation epoch (logged with ``self.log``); 0: only
+            when training ends. When training ends the probe runs only if the final weights were not measured yet.
         seed: seeds the probe's held-out split.
-        representation: ``f(module, x) -> (B, D)`` features; by default the input of the module's last
-            ``nn.Linear`` (the head), captured with a forward hook while calling ``module(x)``.
+        representation: ``None`` (the input of the model's final ``nn.Linear``, the head), a module name (that
+            module's input) or a function ``f(model, x) -> (B, D)``.
+        batch_input: reads the model input from a target batch (default ``batch[0]``).
+        batch_target: reads the ``(B,)`` class labels from a target batch (default ``batch[1]``).
     """
 
     def __init__(
@@ -53,23 +63,30 @@ class TransferProbe(pl.Callback):
         l2_grid: Sequence[float] = DEFAULT_L2_GRID,
         every_n_epochs: int = 0,
         seed: int = 0,
-        representation: Representation | None = None,
+        representation: RepresentationSpec = None,
+        batch_input: Callable[[Any], Tensor] = batch_input,
+        batch_target: Callable[[Any], Tensor] = batch_target,
     ) -> None:
         super().__init__()
         if len(l2_grid) == 0 or any(not l2 > 0 for l2 in l2_grid):
             raise ValueError(f"l2_grid must be a non-empty list of positive strengths, got {list(l2_grid)}")
         if every_n_epochs < 0:
             raise ValueError(f"every_n_epochs must be >= 0 (0: only when training ends), got {every_n_epochs}")
-        if representation is not None and not callable(representation):
-            raise ValueError(f"representation must be callable(module, x) or None, got {representation!r}")
+        if representation is not None and not (isinstance(representation, str) or callable(representation)):
+            raise ValueError(f"representation must be None, a module name or f(model, x), got {representation!r}")
         self.l2_grid = tuple(float(l2) for l2 in l2_grid)
         self.every_n_epochs = every_n_epochs
         self.seed = seed
         self.representation = representation
+        self.batch_input, self.batch_target = batch_input, batch_target
         self.accuracy: float | None = None
+        self.history: list[dict[str, float]] = []
+        self._measured_step = -1
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return  # measures training only
         datamodule = trainer.datamodule
         if not isinstance(datamodule, TransferData) or datamodule.test_domain is None:
             raise ValueError(
@@ -78,68 +95,72 @@ class TransferProbe(pl.Callback):
                 f"cartoon), or remove the callback; got {type(datamodule).__name__}"
                 + ("" if datamodule is None else f" with test_domain={getattr(datamodule, 'test_domain', None)!r}")
             )
-        if self.representation is None and _last_linear(pl_module) is None:
+        if self.representation is None:
+            try:
+                final_linear(pl_module)
+            except ValueError as error:
+                raise ValueError(f"TransferProbe: {error}") from error
+        elif isinstance(self.representation, str) and self.representation not in dict(pl_module.named_modules()):
             raise ValueError(
-                f"TransferProbe found no nn.Linear in {type(pl_module).__name__} to take the representation from: "
-                "pass representation=lambda module, x: ..."
+                f"TransferProbe: representation {self.representation!r} names no module of {type(pl_module).__name__}"
             )
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.every_n_epochs == 0:
             return
-        key, accuracy = self._measure(trainer, pl_module)
-        pl_module.log(key, accuracy)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            for key, value in self.measure(trainer, pl_module).items():
+                pl_module.log(key, value, sync_dist=True, reduce_fx="max")  # equal on all ranks: max keeps it exact
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        key, accuracy = self._measure(trainer, pl_module)
-        trainer.callback_metrics[key] = torch.tensor(accuracy)
-        for logger in trainer.loggers:  # self.log is not allowed in on_train_end
-            logger.log_metrics({key: accuracy}, step=trainer.global_step)
+        if self._measured_step == trainer.global_step:
+            return  # the final weights were measured, and logged, at the last validation epoch end
+        metrics = self.measure(trainer, pl_module)
+        for key, value in metrics.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        for logger in trainer.loggers:  # self.log is closed in on_train_end
+            logger.log_metrics(metrics, step=trainer.global_step)
 
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, float]:
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Fits the probe on the current weights; returns (and records) the metric to log."""
         datamodule = trainer.datamodule
+        assert isinstance(datamodule, TransferData), "setup() checked it"
         fit_loader, eval_loader = datamodule.transfer_dataloaders()
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            x_fit, y_fit = self._features(pl_module, fit_loader)
-            x_eval, y_eval = self._features(pl_module, eval_loader)
-        finally:
-            pl_module.train(was_training)
-        probe = fit_linear_probe(
-            x_fit, y_fit, num_classes=getattr(datamodule, "num_classes", None), l2_grid=self.l2_grid, seed=self.seed
-        )
-        self.accuracy = probe.accuracy(x_eval, y_eval)
-        return f"transfer/{datamodule.test_domain}/acc", self.accuracy
+        with evaluation_mode(pl_module), torch.no_grad():
+            fit_x, fit_y = self._extract(trainer, pl_module, fit_loader)
+            eval_x, eval_y = self._extract(trainer, pl_module, eval_loader)
+        accuracy: float | None = None
+        if trainer.is_global_zero:
+            num_classes = getattr(datamodule, "num_classes", None)
+            probe = fit_linear_probe(fit_x, fit_y, num_classes, self.l2_grid, seed=self.seed)
+            accuracy = probe.accuracy(eval_x, eval_y)
+        self.accuracy = trainer.strategy.broadcast(accuracy, src=0)  # every rank logs rank zero's number
+        metrics = {f"transfer/{datamodule.test_domain}/acc": self.accuracy}
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        self._measured_step = trainer.global_step
+        return metrics
 
-    @torch.no_grad()
-    def _features(self, pl_module: pl.LightningModule, loader: DataLoader) -> tuple[Tensor, Tensor]:
-        """``(N, D)`` float32 representations and ``(N,)`` labels of every example in ``loader``."""
-        captured: list[Tensor] = []
-        hook = None
-        if self.representation is None:
-            head = _last_linear(pl_module)
-            hook = head.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0]))
-        xs, ys = [], []
-        try:
-            for batch in loader:
-                x, y = batch[0].to(pl_module.device), batch[1]
-                if self.representation is None:
-                    pl_module(x)
-                    z = captured.pop()
-                else:
-                    z = self.representation(pl_module, x)
-                xs.append(z.flatten(1).float().cpu())  # (B, D), one row per example
-                ys.append(y.cpu())
-        finally:
-            if hook is not None:
-                hook.remove()
-        return torch.cat(xs), torch.cat(ys)
+    def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: DataLoader) -> list[Tensor]:
+        """``(N, D)`` float representations and ``(N,)`` labels of the whole dataset, in dataset order."""
 
+        def rows(batch: Any) -> tuple[Tensor, Tensor]:
+            x = representation(pl_module, self.batch_input(batch), self.representation)
+            return x.float(), self.batch_target(batch).long()
 
-def _last_linear(module: nn.Module) -> nn.Linear | None:
-    """The last ``nn.Linear`` registered in ``module`` (the head of a body-then-head classifier)."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+        return sharded_map(trainer, loader, rows, pl_module.device)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(h) for h in self.history],
+            "accuracy": self.accuracy,
+            "measured_step": self._measured_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict["history"]]
+        self.accuracy = state_dict["accuracy"]
+        self._measured_step = state_dict["measured_step"]

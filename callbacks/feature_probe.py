@@ -1,4 +1,4 @@
-"""Per-feature linear probes of the frozen representation: the measure of feature quality (METHOD.md section 6).
+"""Per-feature linear probes of the frozen representation: the measure of feature quality (docs/method.md section 6).
 
 At the end of every ``every_n_epochs``-th training epoch (and once more when training ends, if the final weights
 were not probed yet) the model is frozen, its representation of the decorrelated probe-train and probe-test data
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_sam.callbacks._measurement import check_every_n_epochs, is_last_epoch, log_measurement, measurement_due
 from lightning_sam.callbacks.batch_fields import batch_features, batch_input
 from lightning_sam.callbacks.evaluation_mode import evaluation_mode
 from lightning_sam.callbacks.protocols import FeatureData
@@ -47,7 +48,7 @@ class FeatureProbe(Callback):
         history: one dict per probing: ``epoch``, ``step`` and the logged values.
 
     Args:
-        every_n_epochs: probe after every n-th training epoch.
+        every_n_epochs: probe after every n-th training epoch; ``0``: only when training ends.
         at_fit_end: also probe when training ends if the final weights were not probed yet.
         representation: ``None`` (the input of the model's final ``nn.Linear``), a module name (that module's
             input) or a function ``f(model, x) -> (B, D)``.
@@ -76,8 +77,6 @@ class FeatureProbe(Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if representation is not None and not (isinstance(representation, str) or callable(representation)):
             raise ValueError(f"representation must be None, a module name or f(model, x), got {representation!r}")
         if probe_dataloaders is not None and not callable(probe_dataloaders):
@@ -91,7 +90,7 @@ class FeatureProbe(Callback):
             raise ValueError(f"l2_grid must be a non-empty sequence of values >= 0, got {list(l2_grid)}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.at_fit_end = at_fit_end
         self.representation = representation
         self.probe_dataloaders = probe_dataloaders
@@ -126,12 +125,8 @@ class FeatureProbe(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        last = last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps)
-        if (epoch + 1) % self.every_n_epochs == 0 or (self.at_fit_end and last):
-            for key, value in self.probe(trainer, pl_module).items():
-                pl_module.log(key, value, sync_dist=True, reduce_fx="max")  # equal on all ranks: max keeps it exact
+        if measurement_due(trainer, self.every_n_epochs) or (self.at_fit_end and is_last_epoch(trainer)):
+            log_measurement(pl_module, self.probe(trainer, pl_module))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -193,7 +188,7 @@ class FeatureProbe(Callback):
                 raise ValueError(
                     f"FeatureProbe: feature {name!r} has a single class ({classes.tolist()}) in the probe-train "
                     "data, so no probe can be fitted: the probe split must vary every feature (decorrelated probe "
-                    "data, METHOD.md section 6); drop the feature from feature_names or fix the probe split."
+                    "data, docs/method.md section 6); drop the feature from feature_names or fix the probe split."
                 )
             num_classes = int(max(fit_f[:, k].max(), test_f[:, k].max())) + 1
             probe = fit_linear_probe(fit_x, fit_f[:, k], num_classes, self.l2_grid, self.val_fraction, self.seed)

@@ -1,15 +1,22 @@
-"""SAM's learning-rate scaling of the features: the head's weight on each feature, real and phantom.
+"""SAM's learning-rate scaling of the features: the centred head's weight on each feature, real and phantom.
 
-METHOD.md section 5 (the paper's Figure 2B). With unit directions ``U_k`` of feature ``k`` in representation space,
-the body's update for that feature is scaled by ``v_k = ‖W U_k‖`` under SGD and by ``ṽ_k = ‖W̃ U_k‖`` under SAM,
-``W̃`` the head at the phantom point. Logged at the end of every ``every_n_epochs``-th training epoch:
-``scaling/<feature>/v``, ``scaling/<feature>/v_phantom`` (the mean of ``ṽ_k`` over the per-batch phantom points of
-a fixed set of training examples), ``scaling/ratio_real = v_hard / v_easy`` and
-``scaling/ratio_phantom = ṽ_hard / ṽ_easy``. SAM raises the ratio: the hard feature learns relatively faster.
+docs/method.md section 5 (the paper's Figures 2B and 4). With unit directions ``U_k`` of feature ``k`` in
+representation space and the row-centred head ``W_c``, the body's gradient along feature ``k`` is scaled by
+``v_k = ‖W_c U_k‖`` under SGD and by ``ṽ_k`` at the phantom head under SAM. On a fixed seeded set of training batches,
+each with its own phantom point, after every ``every_n_epochs``-th training epoch, logged:
 
-Feature directions: the model's declared blocks of representation columns (``model.body.feature_blocks``, the
-toy) when present, else the normalised weights of the last probes of a :class:`FeatureProbe` placed before this
-callback.
+- ``scaling/<feature>/v`` (the real head, exact), ``scaling/<feature>/v_phantom`` (median over batches),
+  ``scaling/<feature>/contrast`` (two classes, one direction: the signed ``(W_1 − W_0)·u``),
+  ``scaling/<feature>/flip_rate`` (share of batches whose phantom reverses the feature, ``⟨a, ã⟩ ≤ 0``);
+- ``scaling/ratio_real = v_hard / v_easy``, ``scaling/ratio_phantom`` (median of ``ṽ_hard / ṽ_easy``);
+- ``scaling/log_relative_gain``: the median over batches of ``ℓ = log(r_hard / r_easy)``, ``r_k = ṽ_k / v_k``;
+  ``> 0`` when the phantom speeds the hard feature relative to the easy one (the paper's mechanism);
+- ``scaling/flip_rate``: share of batches whose phantom flips the easy or the hard feature (``ρ`` too large when
+  it is not about 0); and a TensorBoard histogram of ``ℓ`` over batches.
+
+Medians, never means of ratios: a ratio explodes when a weight nears 0. Feature directions: the model's declared
+blocks of representation columns (``model.body.feature_blocks``, the toy) when present, else the centred weights of
+the last probes of a :class:`FeatureProbe` placed before this callback.
 """
 
 from __future__ import annotations
@@ -20,24 +27,28 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import move_data_to_device, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from lightning_sam.callbacks._measurement import check_every_n_epochs, log_measurement, measurement_due, tensorboard
+from lightning_sam.callbacks._phantom import PerturbationOverride, PhantomSampling, gather_rows, phantom_batches
 from lightning_sam.callbacks.batch_fields import batch_input, batch_target
-from lightning_sam.callbacks.evaluation_mode import evaluation_mode
 from lightning_sam.callbacks.feature_probe import FeatureProbe
-from lightning_sam.callbacks.fixed_subset import fixed_subset_loader
-from lightning_sam.callbacks.perturbation import perturbed_parameter_names, resolve_perturbation
 from lightning_sam.callbacks.protocols import FeatureBlocks, FeatureData
 from lightning_sam.callbacks.representation import final_linear
-from lightning_sam.functional.importance import phantom_point
-from lightning_sam.functional.learning_rate_scaling import block_directions, feature_weight, probe_directions
+from lightning_sam.functional.learning_rate_scaling import (
+    block_directions,
+    feature_contrast,
+    feature_scaling,
+    log_relative_gain,
+    probe_directions,
+)
 
 
 class LearningRateScaling(Callback):
-    """Logs the head's real and phantom weight on every feature and the hard/easy ratios.
+    """Logs the centred head's real and phantom weight on every feature, the relative gain, flips and ratios.
 
     Computed in eval mode through ``torch.autograd.grad`` and ``torch.func.functional_call``: parameters,
     gradients, buffers and train/eval modes are left exactly as found.
@@ -47,15 +58,18 @@ class LearningRateScaling(Callback):
 
     Args:
         easy: the feature in the ratios' denominator; default: the first of the datamodule's ``feature_names``
-            (ordered easy to hard, METHOD.md section 7), else of the direction source's features.
+            (ordered easy to hard, docs/method.md section 7), else of the direction source's features.
         hard: the feature in the numerator; default: the second.
         directions: ``"blocks"`` (``model.body.feature_blocks``), ``"probe"`` (a :class:`FeatureProbe`'s last
             probes) or ``"auto"`` (blocks when the model declares them).
-        rho: perturbation radius of the phantom point; default: the model's ``rho``.
-        scope: ``"head"`` or ``"all"``; default: the model's ``perturbation_scope``, else ``"all"``.
+        rho: perturbation radius of the phantom point; default: the model's (``SAMClassifier.perturbation_spec``).
+        scope: ``"head"`` (LSAM) or ``"all"`` (SAM, ASAM); default: the model's, else ``"all"``.
+        adaptive: ASAM's perturbation; default: the model's, else ``False``.
+        eta: ASAM's ``η``; default: the model's.
+        head_bias: with ``scope="head"``, perturb the head's bias too; default: the model's, else ``False``.
         num_examples: size of the fixed set of training examples.
         batch_size: examples per phantom point; default: the training loader's batch size.
-        every_n_epochs: measure after every n-th training epoch.
+        every_n_epochs: measure after every n-th training epoch; ``0``: only after the last.
         head: name of the head module; default: the model's final ``nn.Linear``.
         batch_input: reads the model input from a batch (default ``batch[0]``).
         batch_target: reads the ``(B,)`` labels from a batch (default ``batch[1]``).
@@ -70,6 +84,9 @@ class LearningRateScaling(Callback):
         directions: Literal["auto", "blocks", "probe"] = "auto",
         rho: float | None = None,
         scope: Literal["head", "all"] | None = None,
+        adaptive: bool | None = None,
+        eta: float | None = None,
+        head_bias: bool | None = None,
         num_examples: int = 1024,
         batch_size: int | None = None,
         every_n_epochs: int = 1,
@@ -84,26 +101,14 @@ class LearningRateScaling(Callback):
             raise ValueError(f"directions must be 'auto', 'blocks' or 'probe', got {directions!r}")
         if easy is not None and easy == hard:
             raise ValueError(f"easy and hard must name different features, both are {easy!r}")
-        if rho is not None and not rho >= 0:
-            raise ValueError(f"rho must be >= 0 or None (the model's own), got {rho}")
-        if scope not in (None, "head", "all"):
-            raise ValueError(f"scope must be 'head', 'all' or None (the model's own), got {scope!r}")
-        if num_examples < 1:
-            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.easy, self.hard = easy, hard
         self.directions = directions
-        self.rho, self.scope = rho, scope
-        self.num_examples = num_examples
-        self.batch_size = batch_size
-        self.every_n_epochs = every_n_epochs
+        self.perturbation = PerturbationOverride(rho, scope, adaptive, eta, head_bias)
+        self.sampling = PhantomSampling(num_examples, batch_size, seed)
+        self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.head = head
         self.batch_input, self.batch_target = batch_input, batch_target
         self.dataset = dataset
-        self.seed = seed
         self.history: list[dict[str, float]] = []
         self._probe: FeatureProbe | None = None
         self._warned = False
@@ -145,51 +150,61 @@ class LearningRateScaling(Callback):
                     f"LearningRateScaling: {role}={name!r} is not among the features with directions {available}; "
                     f"pass {role}=<one of them>."
                 )
-        resolve_perturbation(pl_module, self.rho, self.scope, "LearningRateScaling")
+        self.perturbation.resolve(pl_module, "LearningRateScaling")  # fail now, not after an epoch
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
-            return
-        for key, value in self.measure(trainer, pl_module).items():
-            pl_module.log(key, value, sync_dist=True, reduce_fx="max")  # equal on all ranks: max keeps it exact
+        if measurement_due(trainer, self.every_n_epochs):
+            log_measurement(pl_module, self.measure(trainer, pl_module))
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Computes every feature's real and phantom weight and the ratios; returns and records them."""
+        """Computes every feature's real and phantom weight, the gains, flips and ratios; returns and records them."""
         directions = self._feature_directions(pl_module)
         if directions is None:
             if not self._warned:
                 rank_zero_warn("LearningRateScaling: FeatureProbe has not fitted probes yet; skipping this epoch.")
                 self._warned = True
             return {}
-        rho, scope = resolve_perturbation(pl_module, self.rho, self.scope, "LearningRateScaling")
-        names = perturbed_parameter_names(pl_module, scope, self.head)
-        head_name, head = final_linear(pl_module, self.head)
-        weight_name = f"{head_name}.weight"
-        real = {k: feature_weight(head.weight.detach(), u) for k, u in directions.items()}
-
-        # Σ over examples of ṽ_k at each batch's phantom point, and the example count, for an exact mean over ranks
-        totals = torch.zeros(len(directions) + 1, dtype=torch.float64, device=pl_module.device)
-        loader = fixed_subset_loader(trainer, self.num_examples, self.batch_size, self.seed, self.dataset)
-        with evaluation_mode(pl_module):
-            for batch in loader:
-                batch = move_data_to_device(batch, pl_module.device)
-                y = self.batch_target(batch)
-                point = phantom_point(pl_module, self.batch_input(batch), y, rho, names)
-                phantom_weight = point.parameters.get(weight_name, head.weight.detach())
-                v_tilde = torch.stack([feature_weight(phantom_weight, u) for u in directions.values()])
-                totals[:-1] += v_tilde.double() * len(y)
-                totals[-1] += len(y)
-        totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        phantom = dict(zip(directions, (totals[:-1] / totals[-1]).float(), strict=True))
+        assert self.easy is not None and self.hard is not None, "setup() sets them"
+        spec = self.perturbation.resolve(pl_module, "LearningRateScaling")
+        batches = phantom_batches(
+            trainer, pl_module, spec, self.sampling, self.head, self.batch_input, self.batch_target, self.dataset
+        )
+        weight = final_linear(pl_module, self.head)[1].weight.detach()
+        names = list(directions)
+        phantom_heads = torch.stack([b.phantom_head_weight for b in batches]) if batches else weight[None][:0]
+        scaling = {k: feature_scaling(weight, phantom_heads, u) for k, u in directions.items()}  # each (n_local,)
+        easy, hard = scaling[self.easy], scaling[self.hard]
+        # per batch: ṽ_k, flip_k for every feature, then ṽ_hard/ṽ_easy and ℓ; gathered in the one-process order
+        columns = [
+            *(scaling[k].v_phantom for k in names),
+            *(scaling[k].flipped for k in names),
+            hard.v_phantom / easy.v_phantom,
+            log_relative_gain(easy, hard),
+        ]
+        local = torch.stack([c.double() for c in columns], dim=1)
+        index = torch.tensor([b.index for b in batches], dtype=torch.long, device=local.device)
+        rows = gather_rows(trainer, index, local)
+        v_phantom, flipped = rows[:, : len(names)], rows[:, len(names) : 2 * len(names)].bool()
+        ratio_phantom, gain = rows[:, -2], rows[:, -1]
 
         metrics: dict[str, float] = {}
-        for k in directions:
-            metrics[f"scaling/{k}/v"] = real[k].item()
-            metrics[f"scaling/{k}/v_phantom"] = phantom[k].item()
-        assert self.easy is not None and self.hard is not None, "setup() sets them"
-        metrics["scaling/ratio_real"] = (real[self.hard] / real[self.easy]).item()
-        metrics["scaling/ratio_phantom"] = (phantom[self.hard] / phantom[self.easy]).item()
+        for j, k in enumerate(names):
+            metrics[f"scaling/{k}/v"] = scaling[k].v.item()
+            metrics[f"scaling/{k}/v_phantom"] = v_phantom[:, j].nanmedian().item()
+            metrics[f"scaling/{k}/flip_rate"] = flipped[:, j].double().mean().item()
+            if weight.shape[0] == 2 and directions[k].shape[1] == 1:
+                metrics[f"scaling/{k}/contrast"] = feature_contrast(weight, directions[k]).item()
+        metrics["scaling/ratio_real"] = (hard.v / easy.v).item()
+        metrics["scaling/ratio_phantom"] = ratio_phantom.nanmedian().item()
+        metrics["scaling/log_relative_gain"] = gain.nanmedian().item()
+        easy_or_hard = flipped[:, [names.index(self.easy), names.index(self.hard)]].any(dim=1)
+        metrics["scaling/flip_rate"] = easy_or_hard.double().mean().item()
+        logger = tensorboard(trainer)
+        if trainer.is_global_zero and logger is not None and torch.isfinite(gain).any():
+            logger.experiment.add_histogram(
+                "scaling/log_relative_gain", gain[torch.isfinite(gain)].cpu(), global_step=trainer.global_step
+            )
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
         return metrics
 

@@ -1,0 +1,211 @@
+"""The phantom-measurement engine: one pass over fixed training batches, at the real and the phantom point.
+
+Every callback that measures at the phantom point (``ImportanceWeights``, ``LearningRateScaling``) describes what it
+wants with the same two values, a :class:`~lightning_sam.functional.PerturbationSpec` (which phantom point: from
+the model, overridden by explicit arguments) and a :class:`PhantomSampling` (which examples, in which batches), and
+asks :func:`phantom_batches` for the result. The result is cached per model and training step, so callbacks that
+ask for the same measurement share one pass (docs/method.md section 4: each batch gets its own phantom point, from
+the same perturbation the optimizer uses).
+
+Under DDP the fixed examples are cut into batches exactly as on one process, and whole batches are dealt to the
+ranks (batch ``b`` to rank ``b mod W``): every phantom point is formed from the same examples as on one process, so
+statistics gathered with :func:`gather_rows` equal the one-process ones.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import move_data_to_device
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from lightning_sam.callbacks.evaluation_mode import evaluation_mode
+from lightning_sam.callbacks.protocols import PerturbedModel, SharpnessAware, TrainData
+from lightning_sam.callbacks.representation import final_linear
+from lightning_sam.functional.importance import phantom_point
+from lightning_sam.functional.perturbation import PerturbationSpec, Scope
+
+
+@dataclass(frozen=True)
+class PerturbationOverride:
+    """A callback's explicit perturbation arguments; ``None`` means "the model's own"."""
+
+    rho: float | None = None
+    scope: Scope | None = None
+    adaptive: bool | None = None
+    eta: float | None = None
+    head_bias: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.rho is not None and not self.rho >= 0:
+            raise ValueError(f"rho must be >= 0 or None (the model's own), got {self.rho}")
+        if self.scope not in (None, "head", "all"):
+            raise ValueError(f"scope must be 'head', 'all' or None (the model's own), got {self.scope!r}")
+        if self.eta is not None and not self.eta >= 0:
+            raise ValueError(f"eta must be >= 0 or None (the model's own), got {self.eta}")
+
+    def resolve(self, model: nn.Module, callback: str) -> PerturbationSpec:
+        """The model's declared phantom point with these arguments in its place.
+
+        A model declaring ``perturbation_spec`` (``SAMClassifier``) gives everything; one declaring only ``rho``
+        and ``perturbation_scope`` gives those; otherwise ``rho`` must be passed and the scope defaults to ``"all"``.
+        """
+        if isinstance(model, PerturbedModel):
+            declared = model.perturbation_spec
+        elif isinstance(model, SharpnessAware):
+            declared = PerturbationSpec(rho=float(model.rho), scope=model.perturbation_scope)
+        elif self.rho is None:
+            raise ValueError(
+                f"{callback} needs the perturbation radius: pass {callback}(rho=0.05) (or the value you train with); "
+                f"{type(model).__name__} declares no `perturbation_spec` or `rho`."
+            )
+        else:
+            declared = PerturbationSpec(rho=self.rho)
+        given = {k: v for k, v in vars(self).items() if v is not None}
+        return replace(declared, **given)
+
+
+@dataclass(frozen=True)
+class PhantomSampling:
+    """Which training examples are measured, and in which batches.
+
+    Args:
+        num_examples: size of the fixed set, chosen once by ``seed``.
+        batch_size: examples per phantom point (the perturbation is per batch, as in training); ``None``: the
+            training loader's batch size.
+        seed: chooses the fixed examples.
+    """
+
+    num_examples: int = 1024
+    batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {self.num_examples}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+
+class PhantomBatch(NamedTuple):
+    """One fixed batch seen at the real and at its own phantom point."""
+
+    index: int  # the batch's position in the one-process order
+    positions: Tensor  # (B,) the examples' positions in the fixed set, for gathering per-example values
+    y: Tensor  # (B,)
+    real_logits: Tensor  # (B, K) at θ
+    phantom_logits: Tensor  # (B, K) at θ̃
+    phantom_head_weight: Tensor  # (K, D): W̃ (equal to W when the scope leaves the head alone)
+
+
+def perturbed_parameter_names(model: nn.Module, spec: PerturbationSpec, head: str | None = None) -> list[str]:
+    """Names of the parameters the phantom point moves: the head's weight (and bias), or every trainable one."""
+    if spec.scope == "all":
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    name, module = final_linear(model, head)
+    names = [f"{name}.weight"]
+    if spec.head_bias and module.bias is not None:
+        names.append(f"{name}.bias")
+    return names
+
+
+# model -> (key, batches): the last measurement, shared by every callback asking for the same one at the same step
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Hashable, list[PhantomBatch]]] = weakref.WeakKeyDictionary()
+
+
+def phantom_batches(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    spec: PerturbationSpec,
+    sampling: PhantomSampling,
+    head: str | None,
+    batch_input: Callable[[Any], Tensor],
+    batch_target: Callable[[Any], Tensor],
+    dataset: Dataset | None = None,
+) -> list[PhantomBatch]:
+    """This rank's fixed batches at the real and the phantom point, computed once per model and training step.
+
+    Run in eval mode (no dropout, BatchNorm running statistics) through ``torch.autograd.grad`` and
+    ``functional_call``: parameters, gradients, buffers and train/eval modes are left exactly as found.
+    """
+    dataset = _training_dataset(trainer, dataset)
+    key = (trainer.global_step, trainer.current_epoch, spec, sampling, head, batch_input, batch_target, id(dataset))
+    cached = _CACHE.get(pl_module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    names = perturbed_parameter_names(pl_module, spec, head)
+    head_name, head_module = final_linear(pl_module, head)
+    weight_name = f"{head_name}.weight"
+    batches = []
+    with evaluation_mode(pl_module):
+        for index, positions, batch in _rank_batches(trainer, dataset, sampling):
+            batch = move_data_to_device(batch, pl_module.device)
+            y = batch_target(batch)
+            point = phantom_point(
+                pl_module, batch_input(batch), y, spec.rho, names, adaptive=spec.adaptive, eta=spec.eta
+            )
+            w_tilde = point.parameters.get(weight_name, head_module.weight.detach())
+            positions = positions.to(pl_module.device)
+            batches.append(PhantomBatch(index, positions, y, point.real_logits, point.phantom_logits, w_tilde))
+    _CACHE[pl_module] = (key, batches)
+    return batches
+
+
+def gather_rows(trainer: pl.Trainer, index: Tensor, rows: Tensor) -> Tensor:
+    """Every rank's ``rows`` (``(n, ...)``, keyed by a global ``index`` ``(n,)``), concatenated in index order.
+
+    Keys are batch indices (per-batch statistics) or example positions (per-example weights); ranks may hold
+    different numbers of rows, or none.
+    """
+    if trainer.world_size == 1:
+        return rows[index.argsort()]
+    # pad every rank to the same length for all_gather, marking padding with index −1
+    count = torch.tensor(len(index), device=rows.device)
+    capacity = int(trainer.strategy.reduce(count, reduce_op="max").item())
+    padded_rows = rows.new_zeros((capacity, *rows.shape[1:]))
+    padded_rows[: len(index)] = rows
+    padded_index = index.new_full((capacity,), -1)
+    padded_index[: len(index)] = index
+    all_rows = trainer.strategy.all_gather(padded_rows).flatten(0, 1)
+    all_index = trainer.strategy.all_gather(padded_index).flatten(0, 1)
+    keep = all_index >= 0
+    return all_rows[keep][all_index[keep].argsort()]
+
+
+def _training_dataset(trainer: pl.Trainer, dataset: Dataset | None) -> Dataset:
+    train_loader = trainer.train_dataloader
+    if dataset is None and isinstance(trainer.datamodule, TrainData):
+        dataset = trainer.datamodule.train_dataset
+    if dataset is None and isinstance(train_loader, DataLoader):
+        dataset = train_loader.dataset
+    if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise ValueError(
+            "no map-style training dataset to draw the fixed examples from: pass dataset=... to the callback"
+        )
+    return dataset
+
+
+def _rank_batches(trainer: pl.Trainer, dataset: Dataset, sampling: PhantomSampling) -> list[tuple[int, Tensor, Any]]:
+    """``(batch index, example positions, batch)`` for this rank's whole batches of the fixed examples.
+
+    The batches are cut from the fixed examples in order, as on one process, and collated as in training.
+    """
+    train_loader = trainer.train_dataloader
+    batch_size = sampling.batch_size or getattr(train_loader, "batch_size", None) or 128
+    generator = torch.Generator().manual_seed(sampling.seed)
+    chosen = torch.randperm(len(dataset), generator=generator)[: sampling.num_examples].sort().values.tolist()
+    batches = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
+    own = list(range(trainer.global_rank, len(batches), trainer.world_size))
+    collate_fn = train_loader.collate_fn if isinstance(train_loader, DataLoader) else None
+    # a private generator: iterating a DataLoader draws a seed, which must not come from the global RNG
+    loader = DataLoader(
+        dataset, batch_sampler=[batches[b] for b in own], collate_fn=collate_fn, generator=torch.Generator()
+    )
+    positions = [torch.arange(b * batch_size, b * batch_size + len(batches[b])) for b in own]
+    return list(zip(own, positions, loader, strict=True))

@@ -1,14 +1,24 @@
 """`python train.py` as a user runs it: flags, the default job, DDP, the summary, TensorBoard event files."""
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+import pytorch_lightning as pl
+import torch
 import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_sam.datamodules import ToyDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TOY = ["--data.n_train", "256", "--data.n_val", "128", "--data.n_probe", "256", "--data.batch_size", "64"]
+TRAIN = runpy.run_path(str(ROOT / "train.py"), run_name="train")  # its functions, without running main()
 
 
 def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -21,12 +31,13 @@ def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
     result = _train("--trainer.max_epochs", "2", *SMALL_TOY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Finished after 2 epochs, 8 steps." in result.stdout
-    assert "tensorboard --logdir runs" in result.stdout
-    version = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert "tensorboard --logdir runs/toy/lightning_logs" in result.stdout
+    assert "Checkpoint:" in result.stdout
+    version = tmp_path / "runs" / "toy" / "lightning_logs" / "version_0"
     assert list(version.glob("events.out.tfevents.*"))
     assert list((version / "checkpoints").glob("*.ckpt"))
     config = yaml.safe_load((version / "config.yaml").read_text())
-    assert config["model"]["optimizer"] == "lsam" and config["model"]["rho"] == 2.0
+    assert config["model"]["optimizer"] == "lsam" and config["model"]["rho"] == 0.2
     assert config["data"]["class_path"] == "lightning_sam.datamodules.ToyDataModule"
 
     events = EventAccumulator(str(version), size_guidance={"images": 0, "scalars": 0}).Reload()
@@ -74,3 +85,114 @@ def test_toy_config_runs_through_train_py(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
     assert "Finished after" in capsys.readouterr().out
+
+
+@pytest.fixture
+def printed_config(capsys, monkeypatch):
+    """``python train.py *args --print_config``, in this process (fast), as a dict."""
+
+    def print_config(*args: str) -> dict:
+        monkeypatch.setattr(sys, "argv", ["train.py", *args, "--print_config"])
+        with pytest.raises(SystemExit) as exit_:  # --print_config exits after printing
+            TRAIN["main"]()
+        assert exit_.value.code in (0, None)
+        return yaml.safe_load(capsys.readouterr().out)
+
+    return print_config
+
+
+def test_print_config_shows_configs_toy_yaml_as_the_defaults(printed_config):
+    config = printed_config()
+    toy = yaml.safe_load((ROOT / "configs" / "toy.yaml").read_text())
+    assert config["model"]["rho"] == toy["model"]["rho"] == 0.2
+    assert config["data"]["class_path"] == toy["data"]["class_path"]
+    assert toy["data"]["init_args"].items() <= config["data"]["init_args"].items()
+    assert toy["trainer"].items() <= config["trainer"].items()
+    assert "DEFAULTS" not in TRAIN  # one source of defaults: the YAML
+
+
+def test_a_config_replaces_the_toy_defaults_as_a_whole(printed_config):
+    config = printed_config("--config", str(ROOT / "configs" / "cifar_mnist.yaml"))
+    assert config["data"]["class_path"] == "lightning_sam.datamodules.CifarMnistDataModule"
+    assert not {"turns", "n_train"} & set(config["data"]["init_args"])
+    assert config["model"]["body"]["class_path"] == "lightning_sam.bodies.SmallCNN"
+    assert "hidden" not in config["model"]["body"]["init_args"]
+    assert config["model"]["rho"] == 0.05 and config["trainer"]["log_every_n_steps"] is None
+
+    trainer = printed_config(f"--config={ROOT / 'configs' / 'pacs.yaml'}")["trainer"]
+    assert trainer["max_steps"] == 5000 and trainer["max_epochs"] is None  # not the toy's 60
+
+
+def test_summary_without_a_logger_still_names_the_checkpoint(tmp_path):
+    no_measurements = ["--measure.probe", "false", "--measure.importance", "false", "--measure.scaling", "false"]
+    result = _train("--trainer.max_epochs=1", "--trainer.logger=false", *SMALL_TOY, *no_measurements, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Finished after 1 epochs" in result.stdout
+    checkpoint = next(line for line in result.stdout.splitlines() if line.startswith("Checkpoint:"))
+    assert Path(tmp_path, checkpoint.split()[-1]).is_file()
+    assert "tensorboard" not in result.stdout and "Logs:" not in result.stdout
+
+
+def _finished_trainer(metrics: dict[str, float], loggers=(), checkpoint=None) -> SimpleNamespace:
+    return SimpleNamespace(
+        current_epoch=3,
+        global_step=30,
+        callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
+        loggers=list(loggers),
+        checkpoint_callback=checkpoint,
+    )
+
+
+MECHANISM = {
+    "scaling/log_relative_gain": 0.25,
+    "scaling/flip_rate": 0.0,
+    "importance/gini_within_class_real": 0.4,
+    "importance/gini_within_class_phantom": 0.3,
+    "train/rho_relative_epoch": 0.05,  # logged on step and epoch
+}
+
+
+def test_run_summary_shows_the_mechanism_and_what_it_means():
+    summary = TRAIN["run_summary"](_finished_trainer({"val/acc": 0.9, "importance/gini_real": 0.5, **MECHANISM}))
+    lines = summary.splitlines()
+    assert lines[0] == "Finished after 3 epochs, 30 steps."
+    mechanism = lines[lines.index("Mechanism:") + 1 :]
+    for key in TRAIN["MECHANISM_KEYS"]:
+        assert sum(line.split()[0] == key for line in mechanism if line.split()) == 1, key
+    assert "train/rho_relative  " in summary and "0.0500" in summary
+    assert sum("importance/gini_within_class_real" in line for line in lines) == 1  # not also among the finals
+    assert sum("log relative gain > 0" in line for line in lines) == 1 and "rho is too large" in summary
+
+
+def test_run_summary_without_mechanism_metrics_prints_the_rest():
+    summary = TRAIN["run_summary"](_finished_trainer({"val/acc": 0.9, "probe/hard/acc": 0.7}))
+    assert "Mechanism" not in summary and "log relative gain" not in summary
+    assert "val/acc" in summary and "probe/hard/acc" in summary
+    assert "Checkpoint" not in summary and "Logs" not in summary
+
+
+def test_run_summary_points_tensorboard_at_its_logs_and_csv_at_its_file(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path)
+    checkpoint.best_model_path = str(tmp_path / "epoch=2.ckpt")
+    tensorboard, csv = TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")
+
+    summary = TRAIN["run_summary"](_finished_trainer({}, [tensorboard], checkpoint))
+    assert f"Checkpoint:  {tmp_path / 'epoch=2.ckpt'}" in summary
+    assert f"tensorboard --logdir {tmp_path / 'tb'}" in summary
+
+    summary = TRAIN["run_summary"](_finished_trainer({}, [csv], checkpoint))
+    assert "tensorboard" not in summary
+    assert f"CSV:         {Path(csv.log_dir) / 'metrics.csv'}" in summary
+
+
+def test_measurement_callbacks_follow_what_the_datamodule_provides():
+    measure = TRAIN["Measurements"]()
+    names = [type(c).__name__ for c in TRAIN["measurement_callbacks"](measure, ToyDataModule())]
+    assert names == ["FeatureProbe", "ImportanceWeights", "LearningRateScaling", "GroupAccuracy"]
+    names = [type(c).__name__ for c in TRAIN["measurement_callbacks"](measure, pl.LightningDataModule())]
+    assert names == ["ImportanceWeights"]
+
+
+def test_measurements_reject_a_negative_interval():
+    with pytest.raises(ValueError, match="measure.every_n_epochs"):
+        TRAIN["Measurements"](every_n_epochs=-1)

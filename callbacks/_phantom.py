@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_sam.callbacks.evaluation_mode import evaluation_mode
-from lightning_sam.callbacks.protocols import PerturbedModel, SharpnessAware, TrainData
+from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
 from lightning_sam.callbacks.representation import final_linear
 from lightning_sam.functional.importance import phantom_point
 from lightning_sam.functional.perturbation import PerturbationSpec, Scope
@@ -58,7 +58,7 @@ class PerturbationOverride:
         """
         if isinstance(model, PerturbedModel):
             declared = model.perturbation_spec
-        elif isinstance(model, SharpnessAware):
+        elif isinstance(model, DeclaresRho):
             declared = PerturbationSpec(rho=float(model.rho), scope=model.perturbation_scope)
         elif self.rho is None:
             raise ValueError(

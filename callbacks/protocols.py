@@ -51,7 +51,7 @@ class PerturbedModel(Protocol):
 
 
 @runtime_checkable
-class SharpnessAware(Protocol):
+class DeclaresRho(Protocol):
     """A module that declares only its radius and scope (the measurements then assume SAM, not ASAM, no head bias)."""
 
     rho: float

@@ -146,9 +146,13 @@ class SAMClassifier(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, y = batch[0], batch[1]
         opt = self.optimizers()
+        # a skipped step must leave everything as before: the forward at θ already moved BatchNorm's statistics
+        buffers = [b.clone() for b in self.buffers()] if self.hparams.nonfinite == "skip" else None
         try:
             loss, logits = self._sam_step(opt, x, y)
         except _SkipStep:
+            for buffer, saved in zip(self.buffers(), buffers or (), strict=True):
+                buffer.copy_(saved)
             opt.zero_grad()
             self.log("train/skipped_steps", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
             return None
@@ -188,11 +192,11 @@ class SAMClassifier(pl.LightningModule):
                         phantom_logits = self(x)
                 phantom_loss = F.cross_entropy(phantom_logits, y)
                 # a non-finite loss at θ gives a non-finite gradient, no perturbation, and is caught here
-                self._check_finite(phantom_loss, "loss at the phantom point")
+                self._check_finite(phantom_loss, "loss at the phantom point", x)
                 self.manual_backward(phantom_loss)
             self._log_ascent(ascent, phantom_loss, scaled=name != "lsam")
         else:
-            self._check_finite(loss, "loss")
+            self._check_finite(loss, "loss", x)
 
         opt.step()
         opt.zero_grad()
@@ -210,7 +214,7 @@ class SAMClassifier(pl.LightningModule):
         for p, g in zip(head, grads, strict=True):
             p.grad = g
 
-    def _check_finite(self, loss: Tensor, where: str) -> None:
+    def _check_finite(self, loss: Tensor, where: str, x: Any) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # 16-mixed: the GradScaler skips overflowing steps and lowers its scale
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
@@ -218,10 +222,18 @@ class SAMClassifier(pl.LightningModule):
             return
         if self.hparams.nonfinite == "skip":
             raise _SkipStep
+        step = self.trainer.global_step
+        bad_inputs = _nonfinite_examples(x)
+        if bad_inputs:
+            raise FloatingPointError(
+                f"non-finite {where} at global step {step}: the input batch itself holds non-finite values (examples "
+                f"{bad_inputs} of the batch); the parameters were left at the real point. Check the data (a corrupt "
+                "file or a bad transform), or pass --model.nonfinite skip to skip such steps."
+            )
         raise FloatingPointError(
-            f"non-finite {where} ({loss.item()}) at global step {self.trainer.global_step}; the parameters were "
-            "left at the real point. Lower --model.lr or --model.rho, set --model.gradient_clip_val, or pass "
-            "--model.nonfinite skip to skip such steps."
+            f"non-finite {where} ({loss.item()}) at global step {step}; the parameters were left at the real point. "
+            "Lower --model.lr or --model.rho, set --model.gradient_clip_val, or pass --model.nonfinite skip to skip "
+            "such steps."
         )
 
     def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, scaled: bool) -> None:
@@ -329,3 +341,11 @@ class _SkipStep(Exception):
 def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{argument} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _nonfinite_examples(x: Any) -> list[int]:
+    """Positions in a batch whose input is not finite (at most 10)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim == 0:
+        return []
+    finite = torch.isfinite(x.flatten(1) if x.ndim > 1 else x[:, None]).all(dim=1)
+    return (~finite).nonzero().flatten()[:10].tolist()

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from lightning_sam import SAMClassifier
 from lightning_sam.bodies import TwoBranchMLP
-from lightning_sam.datamodules import FeatureTensorDataset, ToyDataModule
+from lightning_sam.datamodules import ToyDataModule
+from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
 
 
 class BNBody(nn.Module):
@@ -243,6 +244,29 @@ def test_nonfinite_phantom_loss_skips_the_step_when_configured():
     assert trainer.global_step == 0
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
+
+
+def _nan_input_data(n: int = 32) -> FeatureTensorDataset:
+    data = _data(n)
+    data.x[3, 1] = float("nan")  # example 3 of the first batch of 16
+    return data
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sam", "lsam"])
+def test_skipped_step_leaves_parameters_and_batchnorm_statistics_as_before(optimizer):
+    model = _model(BNBody, optimizer=optimizer, rho=0.1, nonfinite="skip")
+    before = copy.deepcopy(model.state_dict())
+    trainer = _fit(model, _nan_input_data(16), batch_size=16, max_epochs=1)
+    assert trainer.global_step == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # running_mean/var would be NaN after the forward at θ
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sam"])
+def test_nonfinite_input_is_blamed_on_the_input_not_on_lr_or_rho(optimizer):
+    model = _model(BNBody, optimizer=optimizer, rho=0.1)
+    with pytest.raises(FloatingPointError, match=r"input batch itself holds non-finite values \(examples \[3\]"):
+        _fit(model, _nan_input_data(16), batch_size=16, max_steps=1)
 
 
 class _Preemption(Exception):

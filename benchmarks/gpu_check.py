@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from lightning_sam import SAMClassifier
 from lightning_sam.bodies import ResNetBody
-from lightning_sam.datamodules import FeatureTensorDataset
+from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
 
 OPTIMIZERS = ("sgd", "sam", "lsam")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")

@@ -1,6 +1,6 @@
 """CelebA (Liu et al. 2015) as a two-feature dataset: label Blond_Hair, spurious attribute Male by default.
 
-Layouts found under ``root`` (see ``shared/DATA_FORMATS.md``):
+Layouts found under ``root`` (see ``docs/data_formats.md``):
 
 - torchvision's ``<root>/celeba/``: ``list_attr_celeba.txt`` (a count line, a line of 40 attribute names, then
   ``<file> v1 ... v40`` with -1/1 values separated by runs of spaces), ``list_eval_partition.txt``
@@ -10,7 +10,7 @@ Layouts found under ``root`` (see ``shared/DATA_FORMATS.md``):
   (``image_id,<40 names>``), ``list_eval_partition.csv`` (``image_id,partition``), ``img_align_celeba/`` (Kaggle's
   doubled ``img_align_celeba/img_align_celeba/`` is accepted too).
 
-Features (METHOD.md section 7, easy to hard): ``hair`` (= y) then ``gender`` (Male); groups ``2 * y + male``.
+Features (docs/method.md section 7, easy to hard): ``hair`` (= y) then ``gender`` (Male); groups ``2 * y + male``.
 The download uses torchvision's Google Drive file list and md5 sums, into a hidden staging folder that is renamed
 to ``celeba/`` only once every file has passed its checksum and the image count is right.
 """
@@ -28,8 +28,9 @@ from typing import Literal
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torchvision.datasets import CelebA as TorchvisionCelebA
+from typing_extensions import override
 
-from lightning_sam.datamodules.download import DownloadError, count_files, extract_archive, file_md5
+from lightning_sam.datamodules._download import DownloadError, count_files, extract_archive, file_md5
 from lightning_sam.datamodules.grouped_image_datamodule import GroupedImageDataModule, GroupedImageTable
 
 TORCHVISION_FOLDER = "celeba"
@@ -110,8 +111,6 @@ class CelebADataModule(GroupedImageDataModule):
         self.target = target
         self.spurious = spurious
         self.feature_names = (FEATURE_NAMES.get(target, target.lower()), FEATURE_NAMES.get(spurious, spurious.lower()))
-        # group 2 * y + spurious, e.g. "Blond_Hair=1/Male=0"
-        self.group_names = tuple(f"{target}={t}/{spurious}={s}" for t in (0, 1) for s in (0, 1))
 
     def manual_steps(self) -> str:
         """How to put the data in place by hand, and the layouts this datamodule expects."""
@@ -125,12 +124,14 @@ class CelebADataModule(GroupedImageDataModule):
             f"{self.root / WILDS_FOLDER}/."
         )
 
+    @override
     def find_folder(self) -> Path | None:
         for name in (TORCHVISION_FOLDER, WILDS_FOLDER):
             if (self.root / name).is_dir():
                 return self.root / name
         return None
 
+    @override
     def read_table(self) -> GroupedImageTable:
         folder = self.find_folder()
         if folder is None:
@@ -183,6 +184,7 @@ class CelebADataModule(GroupedImageDataModule):
         y_t, s_t = torch.tensor(y), torch.tensor(spurious)
         return GroupedImageTable(files, y_t, s_t, torch.stack([y_t, s_t], dim=1), torch.tensor(split))
 
+    @override
     def download_dataset(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         # persistent hidden staging folder: files that passed their md5 survive a rate-limited retry

@@ -5,15 +5,16 @@ domain folder names; unlike DomainBed (which builds an ``ImageFolder`` per domai
 every later label) the classes are *one* sorted list for all domains: the canonical list where it is known (PACS,
 VLCS, TerraIncognita), else the sorted union of the class folders found. Hidden files and folders are skipped.
 
-Splits follow DomainBed's evaluation: every domain is split 80 % "in" / 20 % "out" with a seeded permutation; with
-``test_domain`` set, training uses the other domains' "in" parts and validation their "out" parts, and the test
-domain is held out entirely. The paper's transfer evaluation (METHOD.md section 7; :class:`TransferProbe`) fits a
-linear probe on the test domain's "in" part and scores it on its "out" part (:meth:`transfer_dataloaders`). The
-feature probe splits are the "in" and "out" parts of all domains, with features ``("domain", "class")``.
+Splits follow DomainBed's evaluation: every domain is split 80 % "in" / 20 % "out" with a seeded permutation (the
+"out" count rounded to the nearest, where DomainBed rounds down); with ``test_domain`` set, training uses the other
+domains' "in" parts and validation their "out" parts, and the test domain is held out entirely. The paper's transfer
+evaluation (docs/method.md section 7; :class:`TransferProbe`) fits a linear probe on the test domain's "in" part and
+scores it on its "out" part (:meth:`transfer_dataloaders`). The feature probe splits are the "in" and "out" parts of
+all domains, with features ``("domain", "class")``.
 
 Downloads use DomainBed's sources (Google Drive for PACS, VLCS and OfficeHome; LILA for TerraIncognita, filtered to
-DomainBed's four locations and ten classes; the VisDA server for DomainNet), fetched into a temporary folder,
-checked against the canonical image counts, then moved into place.
+DomainBed's four locations and ten classes), fetched into a temporary folder, checked against the canonical image
+counts, then moved into place.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from torch.utils.data import DataLoader
 from torchvision.datasets.utils import download_file_from_google_drive
 from typing_extensions import override
 
-from lightning_sam.datamodules.download import DownloadError, download_url, extract_archive
+from lightning_sam.datamodules._download import DownloadError, download_url, extract_archive
+from lightning_sam.datamodules._transforms import IMAGENET_SIZE, image_transform
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
 from lightning_sam.datamodules.image_feature_dataset import ImageFeatureDataset
-from lightning_sam.datamodules.transforms import IMAGENET_SIZE, image_transform
+from lightning_sam.functional.linear_probe import held_out_split
 
-DatasetName = Literal["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
+DatasetName = Literal["PACS", "VLCS", "OfficeHome", "TerraIncognita"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -53,7 +55,7 @@ class Archive(NamedTuple):
 class DomainBedSpec(NamedTuple):
     """What is known about one DomainBed dataset: its folder, domains, classes, sizes and sources.
 
-    ``classes`` is ``None`` where only the count is fixed here (OfficeHome, DomainNet): the classes are then the
+    ``classes`` is ``None`` where only the count is fixed here (OfficeHome): the classes are then the
     sorted union of the class folders found. ``domain_sizes`` / ``total`` are the canonical image counts (``None``:
     unchecked). ``top_folder`` is the folder of the (single) archive that becomes ``<root>/<folder>``.
     """
@@ -71,8 +73,6 @@ class DomainBedSpec(NamedTuple):
 
 _TERRA_LOCATIONS = ("38", "43", "46", "100")
 _LILA = "https://lilablobssc.blob.core.windows.net/caltechcameratraps"
-_VISDA = "http://csr.bu.edu/ftp/visda/2019/multi-source"
-_DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 
 DATASETS: dict[str, DomainBedSpec] = {
     "PACS": DomainBedSpec(
@@ -121,19 +121,6 @@ DATASETS: dict[str, DomainBedSpec] = {
         ),
         source_page="https://lila.science/datasets/caltech-camera-traps",
     ),
-    "DomainNet": DomainBedSpec(
-        folder="domain_net",
-        domains=_DOMAINNET_DOMAINS,
-        num_classes=345,
-        classes=None,
-        domain_sizes=None,
-        total=None,  # DomainBed deletes a list of duplicates we do not ship: counts are not checked
-        archives=tuple(
-            Archive(f"{d}.zip", url=f"{_VISDA}/{'groundtruth/' if d in ('clipart', 'painting') else ''}{d}.zip")
-            for d in _DOMAINNET_DOMAINS
-        ),
-        source_page="http://ai.bu.edu/M3SDA/",
-    ),
 }
 
 
@@ -151,22 +138,6 @@ def _images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """DomainBed's split of ``n`` examples: a seeded permutation, ``int(n * fraction)`` held out ("out").
-
-    Returns:
-        ``(in, out)`` sorted index tensors.
-
-    Example:
-        >>> keep, out = holdout_split(10, 0.2, torch.Generator().manual_seed(0))
-        >>> len(keep), len(out), sorted(keep.tolist() + out.tolist()) == list(range(10))
-        (8, 2, True)
-    """
-    perm = torch.randperm(n, generator=generator)
-    n_out = int(n * fraction)
-    return perm[n_out:].sort().values, perm[:n_out].sort().values
-
-
 class DomainBedDataModule(FeatureDataModule):
     """One DomainBed dataset with every domain split 80/20, optionally leaving ``test_domain`` out.
 
@@ -174,8 +145,7 @@ class DomainBedDataModule(FeatureDataModule):
     canonical domains (``num_groups = len(domains) * num_classes``).
 
     Args:
-        root: folder holding (or receiving) ``PACS/``, ``VLCS/``, ``office_home/``, ``terra_incognita/`` or
-            ``domain_net/``.
+        root: folder holding (or receiving) ``PACS/``, ``VLCS/``, ``office_home/`` or ``terra_incognita/``.
         batch_size: examples per batch.
         num_workers: DataLoader worker processes.
         seed: seeds the 80/20 split of every domain.
@@ -224,6 +194,7 @@ class DomainBedDataModule(FeatureDataModule):
 
     @property
     def spec(self) -> DomainBedSpec:
+        """What is known about the chosen dataset (:data:`DATASETS`)."""
         return DATASETS[self.dataset]
 
     @property
@@ -255,8 +226,8 @@ class DomainBedDataModule(FeatureDataModule):
         ins, outs = [], []
         for d in range(len(self.domains)):
             where = (domain == d).nonzero().squeeze(1)
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + d)
-            keep, out = holdout_split(len(where), self.holdout_fraction, generator)
+            # DomainBed's split: a seeded permutation of the domain, no strata
+            keep, out = held_out_split(torch.zeros(len(where)), self.holdout_fraction, self.seed * 1_000_003 + d)
             ins.append(where[keep])
             outs.append(where[out])
         target = self.domains.index(self.test_domain) if self.test_domain is not None else None
@@ -397,9 +368,6 @@ class DomainBedDataModule(FeatureDataModule):
                         f"{name}: {archives[0].name} has no folder {spec.top_folder}/. {self._manual_steps()}"
                     )
                 os.replace(top, assembled)
-            else:  # one archive per domain, each holding <domain>/<class>/<image>
-                for archive in archives:
-                    extract_archive(archive, assembled)
             self._verify_download(assembled)
             os.replace(assembled, self.data_dir)  # only a complete, verified folder ever gets the real name
         finally:

@@ -2,14 +2,14 @@
 
 CIFAR-MNIST (Shah et al. 2020, arXiv 2006.07710) puts an MNIST digit (0 or 1) above a CIFAR-10 image (automobile or
 truck); FMNIST-MNIST (Kirichenko et al. 2022, arXiv 2204.02937) pairs MNIST digits 0-4 with FashionMNIST classes
-0-4. One generic composition serves both (METHOD.md section 7): a *core* source whose class is the label ``y`` and a
-*spurious* source whose class agrees with ``y`` in a fraction ``p`` of training examples. The grey sources are
+0-4. One generic composition serves both (docs/method.md section 7): a *core* source whose class is the label ``y``
+and a *spurious* source whose class agrees with ``y`` in a fraction ``p`` of training examples. The grey sources are
 zero-padded from 28x28 to 32x32 and repeated to three channels, so every domino is ``3 x 64 x 32``.
 
 Splits: train and val are a seeded 90/10 split of the sources' training images, both with correlation ``p``; test
 re-pairs the sources' test images at random ("MNIST-randomized" and "CIFAR-randomized" in one set, since every
-example carries both halves' labels); the probe splits (METHOD.md section 6) re-pair the training split's images and
-the test images so that each half's label is independent of the other's.
+example carries both halves' labels); the probe splits (docs/method.md section 6) re-pair the training split's images
+and the test images so that each half's label is independent of the other's.
 
 The sources are torchvision's MNIST, FashionMNIST and CIFAR-10, downloaded with torchvision's own md5-checked code
 into a temporary folder that is moved into place only once complete. The selected images and every split's pairing
@@ -39,6 +39,7 @@ from typing_extensions import override
 
 from lightning_sam.batch import FeatureBatch
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
+from lightning_sam.functional.linear_probe import held_out_split
 
 Source = Literal["mnist", "fmnist", "cifar"]
 
@@ -119,26 +120,6 @@ def draw_from_pools(labels: Tensor, pools: Sequence[Tensor], generator: torch.Ge
         order = pool[torch.randperm(len(pool), generator=generator)]
         index[where] = order[torch.arange(len(where)) % len(pool)]
     return index
-
-
-def stratified_split(
-    labels: Tensor, fraction: float, num_classes: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Sorted ``(kept, held_out)`` indices, holding out ``round(fraction * n_c)`` (at least one) of every class.
-
-    Example:
-        >>> kept, held = stratified_split(torch.tensor([0] * 10 + [1] * 20), 0.1, 2, torch.Generator())
-        >>> len(kept), len(held), torch.tensor([0] * 10 + [1] * 20)[held].tolist()
-        (27, 3, [0, 1, 1])
-    """
-    kept, held = [], []
-    for c in range(num_classes):
-        where = (labels == c).nonzero().squeeze(1)
-        where = where[torch.randperm(len(where), generator=generator)]
-        n_held = min(len(where), max(1, round(fraction * len(where))))
-        held.append(where[:n_held])
-        kept.append(where[n_held:])
-    return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
 class _DominoesDataset(Dataset[FeatureBatch]):
@@ -323,10 +304,8 @@ class DominoesDataModule(FeatureDataModule):
                 stacklevel=2,
             )
         images = torch.as_tensor(data.data)
-        if images.ndim == 3:  # (N, 28, 28) grey: zero-pad to 32x32; repeated to 3 channels when read
-            images = F.pad(images, (2, 2, 2, 2)).unsqueeze(1)
-        else:  # (N, 32, 32, 3) CIFAR
-            images = images.permute(0, 3, 1, 2)
+        # grey (N, 28, 28): zero-padded to 32x32, one channel (repeated to 3 when read); CIFAR (N, 32, 32, 3): NCHW
+        images = F.pad(images, (2, 2, 2, 2)).unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         return images.contiguous(), torch.as_tensor(data.targets).long()
 
     def _build(self) -> dict:
@@ -358,8 +337,8 @@ class DominoesDataModule(FeatureDataModule):
 
         # Class-stratified 90/10 split of both sources' training images, so val never shows a training image.
         core_y, spurious_y = labels["core_train"], labels["spurious_train"]
-        core_train, core_val = stratified_split(core_y, self.val_fraction, k, generator)
-        spurious_train, spurious_val = stratified_split(spurious_y, self.val_fraction, k, generator)
+        core_train, core_val = held_out_split(core_y, self.val_fraction, generator, min_held_out=1)
+        spurious_train, spurious_val = held_out_split(spurious_y, self.val_fraction, generator, min_held_out=1)
 
         test_y, test_spurious = labels["core_test"], labels["spurious_test"]
         all_test = torch.arange(len(test_y))

@@ -3,7 +3,7 @@
 Subclasses set ``num_classes``, ``feature_names`` and ``num_groups`` in ``__init__`` (the CLI links
 ``num_classes`` into the model before anything is loaded), download in ``prepare_data`` only, and in
 ``setup`` assign ``train_dataset``, ``val_dataset``, optionally ``test_dataset``, and the decorrelated
-``probe_train_dataset`` / ``probe_test_dataset`` (METHOD.md section 6), each yielding
+``probe_train_dataset`` / ``probe_test_dataset`` (docs/method.md section 6), each yielding
 :class:`~lightning_sam.batch.FeatureBatch` examples.
 """
 
@@ -15,8 +15,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
-from lightning_sam.datamodules.seeded_epoch_sampler import SeededEpochSampler
+from lightning_sam.datamodules._seeded_epoch_sampler import SeededEpochSampler
 
 
 class FeatureDataModule(pl.LightningDataModule):
@@ -60,12 +61,15 @@ class FeatureDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train_dataset", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, "val_dataset")
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, "test_dataset")
 

@@ -2,7 +2,7 @@
 
 A subclass reads its on-disk metadata into a :class:`GroupedImageTable`; this base turns it into the standard
 train/val/test splits with groups ``g = 2 * y + spurious`` (Group DRO convention) and the group-balanced probe
-splits that decorrelate the two features (METHOD.md section 6): probe-train drawn from the validation split (or
+splits that decorrelate the two features (docs/method.md section 6): probe-train drawn from the validation split (or
 train), probe-test from the test split, both with equal counts in all four groups.
 """
 
@@ -15,11 +15,12 @@ from typing import Literal
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
+from lightning_sam.datamodules._group_balanced_indices import group_balanced_indices
+from lightning_sam.datamodules._transforms import image_transform
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
-from lightning_sam.datamodules.group_balanced_indices import group_balanced_indices
 from lightning_sam.datamodules.image_feature_dataset import ImageFeatureDataset
-from lightning_sam.datamodules.transforms import image_transform
 
 SPLIT_NAMES = ("train", "val", "test")  # split codes 0, 1, 2 in both CelebA and Waterbirds metadata
 
@@ -70,7 +71,6 @@ class GroupedImageDataModule(FeatureDataModule):
 
     num_classes = 2
     num_groups = 4
-    group_names: tuple[str, ...] = ("y0/s0", "y0/s1", "y1/s0", "y1/s1")
     split_sizes: tuple[int, int, int] | None = None  # canonical release; None: unknown
 
     def __init__(
@@ -110,10 +110,12 @@ class GroupedImageDataModule(FeatureDataModule):
         """Fetches, verifies and moves the dataset into place under ``root``."""
         raise NotImplementedError(f"{type(self).__name__} cannot download its data; place it under {self.root}.")
 
+    @override
     def prepare_data(self) -> None:
         if self.download and self.find_folder() is None:
             self.download_dataset()
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return  # every split is built at once; later stages reuse them

@@ -1,4 +1,4 @@
-"""The toy with an easy and a hard feature (METHOD.md section 8, our reconstruction of the paper's Figure 1).
+"""The toy with an easy and a hard feature (docs/method.md section 8, our reconstruction of the paper's Figure 1).
 
 Each example is ``x = [x_easy, x_hard_1, x_hard_2]``: ``x_easy = s μ + σ_e N(0, 1)`` (``s = 2y - 1``) is linearly
 separable with a margin, ``x_hard`` lies on one of two interleaved spirals whose tightness (``turns``) sets how hard
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
 from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
@@ -27,14 +28,23 @@ def sample_toy(
     sigma_easy: float = 0.1,
     sigma_hard: float = 0.02,
     generator: torch.Generator | None = None,
+    easy_spread: float = 0.0,
 ) -> Tensor:
     """``(N, 3)`` toy inputs whose easy and hard features encode the given binary labels.
+
+    With ``easy_spread = a > 0`` the easy feature's class mean magnitude varies over examples,
+    ``x_easy = s μ (1 − a U(0, 1)) + σ_e N(0, 1)``, so that examples have different easy margins (with ``σ_e = 0``
+    they are spread uniformly over ``[(1 − a) μ, μ]``, still linearly separable for ``a < 1``). The extra uniform
+    draw comes after all the others: the same generator gives the same hard feature and easy noise as ``a = 0``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = sample_toy(torch.tensor([0, 1]), torch.tensor([1, 1]), sigma_easy=0.0, generator=g)
         >>> x[:, 0].tolist()
         [-1.0, 1.0]
+        >>> x = sample_toy(torch.zeros(1000).long(), torch.zeros(1000).long(), sigma_easy=0.0, easy_spread=0.9)
+        >>> round(x[:, 0].min().item(), 1), round(x[:, 0].max().item(), 1)
+        (-1.0, -0.1)
     """
     n = len(easy_label)
     signed = 2.0 * easy_label.float() - 1.0
@@ -43,6 +53,8 @@ def sample_toy(
     angle = 2 * math.pi * turns * t + math.pi * hard_label.float()
     x_hard = t[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
     x_hard = x_hard + sigma_hard * torch.randn(n, 2, generator=generator)
+    if easy_spread > 0:
+        x_easy = x_easy - signed * mu * easy_spread * torch.rand(n, generator=generator)
     return torch.cat([x_easy[:, None], x_hard], dim=1)
 
 
@@ -61,6 +73,7 @@ class ToyDataModule(FeatureDataModule):
         mu: the easy feature's class mean magnitude.
         sigma_easy: the easy feature's noise.
         sigma_hard: the hard feature's noise.
+        easy_spread: spread of the easy feature's per-example margin (see :func:`sample_toy`; 0: none).
     """
 
     num_classes = 2
@@ -80,6 +93,7 @@ class ToyDataModule(FeatureDataModule):
         mu: float = 1.0,
         sigma_easy: float = 0.1,
         sigma_hard: float = 0.02,
+        easy_spread: float = 0.0,
     ) -> None:
         super().__init__(root, batch_size, num_workers, seed)
         for name, n in (("n_train", n_train), ("n_val", n_val), ("n_probe", n_probe)):
@@ -90,14 +104,18 @@ class ToyDataModule(FeatureDataModule):
         if sigma_easy < 0 or sigma_hard < 0:
             raise ValueError(f"sigma_easy and sigma_hard must be >= 0, got {sigma_easy}, {sigma_hard}")
         self.n_train, self.n_val, self.n_probe = n_train, n_val, n_probe
+        if not 0 <= easy_spread < 1:
+            raise ValueError(f"easy_spread must be in [0, 1) (1 would let easy margins reach 0), got {easy_spread}")
         self.turns, self.mu, self.sigma_easy, self.sigma_hard = turns, mu, sigma_easy, sigma_hard
+        self.easy_spread = easy_spread
 
     def _split(self, n: int, generator: torch.Generator, correlated: bool) -> FeatureTensorDataset:
         y = torch.randint(0, 2, (n,), generator=generator)
         easy = y if correlated else torch.randint(0, 2, (n,), generator=generator)
-        x = sample_toy(easy, y, self.turns, self.mu, self.sigma_easy, self.sigma_hard, generator)
+        x = sample_toy(easy, y, self.turns, self.mu, self.sigma_easy, self.sigma_hard, generator, self.easy_spread)
         return FeatureTensorDataset(x, y, torch.stack([easy, y], dim=1), 2 * y + easy)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return

@@ -1,9 +1,9 @@
 """Waterbirds (Sagawa et al. 2019): CUB birds pasted on Places backgrounds, label waterbird, spurious background.
 
-Layouts found under ``root`` (see ``shared/DATA_FORMATS.md``): the original release
+Layouts found under ``root`` (see ``docs/data_formats.md``): the original release
 ``<root>/waterbird_complete95_forest2water2/`` and WILDS' ``<root>/waterbirds_v1.0/``, both a ``metadata.csv``
 (``img_id,img_filename,y,split,place,place_filename``) with images at ``img_filename`` relative to the folder.
-Features (METHOD.md section 7, easy to hard): ``background`` (= place), ``bird`` (= y); groups ``2 * y + place``.
+Features (docs/method.md section 7, easy to hard): ``background`` (= place), ``bird`` (= y); groups ``2 * y + place``.
 
 The download fetches the Group DRO authors' tarball. No checksum is published, so the extracted data is verified
 by its split sizes, training group counts and image count before it is moved into place.
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from typing_extensions import override
 
-from lightning_sam.datamodules.download import DownloadError, download_url, extract_archive
+from lightning_sam.datamodules._download import DownloadError, download_url, extract_archive
 from lightning_sam.datamodules.grouped_image_datamodule import SPLIT_NAMES, GroupedImageDataModule, GroupedImageTable
 
 WATERBIRDS_URL = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"
@@ -43,7 +44,6 @@ class WaterbirdsDataModule(GroupedImageDataModule):
     """
 
     feature_names = ("background", "bird")
-    group_names = ("landbird/land", "landbird/water", "waterbird/land", "waterbird/water")
     split_sizes = (4795, 1199, 5794)
     train_group_counts_canonical = (3498, 184, 56, 1057)  # (y, place) = (0,0), (0,1), (1,0), (1,1)
 
@@ -82,12 +82,14 @@ class WaterbirdsDataModule(GroupedImageDataModule):
             "Or pass download=True (--data.init_args.download true)."
         )
 
+    @override
     def find_folder(self) -> Path | None:
         for name in (ORIGINAL_FOLDER, WILDS_FOLDER):
             if (self.root / name).is_dir():
                 return self.root / name
         return None
 
+    @override
     def read_table(self) -> GroupedImageTable:
         folder = self.find_folder()
         if folder is None:
@@ -97,6 +99,7 @@ class WaterbirdsDataModule(GroupedImageDataModule):
             raise FileNotFoundError(f"Waterbirds not found: data root {self.root} {where}. {self.manual_steps()}")
         return read_waterbirds_metadata(folder)
 
+    @override
     def download_dataset(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         archive = self.root / f".{ORIGINAL_FOLDER}.tar.gz"  # hidden: never mistaken for a finished download

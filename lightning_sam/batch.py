@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 NO_GROUP = -1
@@ -29,6 +28,7 @@ class FeatureBatch(NamedTuple):
     """One example or one collated batch: input, label, per-feature labels and group id.
 
     Example:
+        >>> import torch
         >>> from torch.utils.data import default_collate
         >>> ex = FeatureBatch(torch.zeros(3), torch.tensor(1), torch.tensor([1, 0]), torch.tensor(2))
         >>> batch = default_collate([ex, ex])
@@ -40,13 +40,3 @@ class FeatureBatch(NamedTuple):
     y: Tensor
     features: Tensor
     group: Tensor
-
-
-def feature_example(x: Tensor, y: int, features: list[int] | tuple[int, ...], group: int = NO_GROUP) -> FeatureBatch:
-    """Builds one example with the contract's dtypes (long labels, ``(F,)`` features, scalar group)."""
-    return FeatureBatch(
-        x,
-        torch.tensor(int(y), dtype=torch.long),
-        torch.tensor([int(f) for f in features], dtype=torch.long),
-        torch.tensor(int(group), dtype=torch.long),
-    )

@@ -148,23 +148,35 @@ def fit_linear_probe(
     return LinearProbe(weight, bias, mean, std, l2)
 
 
-def held_out_split(y: Tensor, val_fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+def held_out_split(
+    y: Tensor, val_fraction: float, seed: int | torch.Generator = 0, min_held_out: int = 0
+) -> tuple[Tensor, Tensor]:
     """Sorted indices ``(fit, held_out)``: ``round(val_fraction · n_c)`` examples of every class ``c`` held out.
 
-    Seeded and device-independent (drawn on the CPU); at least one example of every class stays in ``fit``.
+    Seeded and device-independent (drawn on the CPU); at least ``min_held_out`` examples of every class are held out
+    and at least one stays in ``fit``. Every class draws one permutation, in class order; ``y = torch.zeros(n)``
+    splits without strata.
+
+    Args:
+        y: ``(N,)`` class labels, the strata.
+        val_fraction: the share of every class held out.
+        seed: an int seed, or a generator to draw the permutations from (it advances).
+        min_held_out: the fewest examples of a class held out, where the class has more than one.
 
     Example:
         >>> fit, held_out = held_out_split(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), 0.5)
         >>> len(fit), len(held_out), sorted(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])[held_out].tolist())
         (5, 5, [0, 0, 1, 1, 1])
+        >>> [len(part) for part in held_out_split(torch.zeros(3), 0.1, min_held_out=1)]
+        [2, 1]
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     y_cpu = y.cpu()
     fit, held_out = [], []
     for c in torch.unique(y_cpu):
         members = torch.nonzero(y_cpu == c).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        n_held_out = min(int(round(val_fraction * len(members))), len(members) - 1)
+        n_held_out = min(max(round(val_fraction * len(members)), min_held_out), len(members) - 1)
         held_out.append(members[:n_held_out])
         fit.append(members[n_held_out:])
     return torch.cat(fit).sort().values.to(y.device), torch.cat(held_out).sort().values.to(y.device)

@@ -1,22 +1,20 @@
-"""Runs FeatureProbe, ImportanceWeights and a GiniCoefficient metric on two CPU processes; run by test_ddp.py.
+"""Runs FeatureProbe, ImportanceWeights and a GiniCoefficient metric on two CPU processes, for test_ddp.py.
 
-The model does not learn (lr 0, no BatchNorm), so a one-process run sees exactly the same weights and any
-difference comes from how the callbacks shard, gather and sync. 101 probe examples: the non-shuffling
-DistributedSampler pads one rank's shard with a repeated example.
+test_ddp.py runs ``python -m tests.callbacks.ddp_callbacks_fit <out>`` from the repository root. The model does
+not learn (lr 0, no BatchNorm), so a one-process run sees exactly the same weights and any difference comes from how
+the callbacks shard, gather and sync. 101 probe examples: the non-shuffling DistributedSampler pads one rank's shard
+with a repeated example.
 """
 
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import TinyClassifier, TwoFeatureDataModule  # noqa: E402
-
-from lightning_sam.callbacks import FeatureProbe, ImportanceWeights  # noqa: E402
-from lightning_sam.metrics import GiniCoefficient  # noqa: E402
+from lightning_sam.callbacks import FeatureProbe, ImportanceWeights
+from lightning_sam.metrics import GiniCoefficient
+from tests import tiny
 
 N = 101
 GINI_WEIGHTS = torch.rand(N, generator=torch.Generator().manual_seed(5)) ** 2
@@ -34,22 +32,25 @@ class GiniSync(Callback):
 
 def run(devices: int, root: Path) -> dict:
     torch.manual_seed(0)
-    model = TinyClassifier(lr=0.0, batchnorm=False)
+    model = tiny.TinyClassifier(lr=0.0, batchnorm=False)
     probe = FeatureProbe()
     importance = ImportanceWeights(rho=0.5, num_examples=N, lorenz_figure=False)
     gini = GiniSync()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[probe, importance, gini], default_root_dir=root, num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(model, TwoFeatureDataModule(n=N, batch_size=16))
+    fit = tiny.trainer(
+        root,
+        max_epochs=1,
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        callbacks=[probe, importance, gini],
+        limit_val_batches=0,
+    )
+    fit.fit(model, tiny.TwoFeatureDataModule(n=N, batch_size=16))
     return {
         "probe_history": probe.history,
         "probes": {k: (p.weight, p.bias, p.mean, p.std, p.l2) for k, p in probe.probes.items()},
         "importance_history": importance.history,
         "gini_metric": gini.value,
-        "rank": trainer.global_rank,
+        "rank": fit.global_rank,
     }
 
 

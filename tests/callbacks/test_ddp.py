@@ -8,19 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import ddp_callbacks_fit  # noqa: E402
+from lightning_sam.functional import gini_coefficient
+from tests.callbacks import ddp_callbacks_fit
 
-from lightning_sam.functional import gini_coefficient  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[dict, dict, dict]:
     out = tmp_path_factory.mktemp("ddp_callbacks")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, str(HERE / "ddp_callbacks_fit.py"), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=out)
+    command = [sys.executable, "-m", "tests.callbacks.ddp_callbacks_fit", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     one = ddp_callbacks_fit.run(devices=1, root=out / "one")

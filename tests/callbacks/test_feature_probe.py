@@ -1,18 +1,13 @@
 """FeatureProbe: what it logs, what it measures, how it fails, and that it leaves the model alone."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import TinyClassifier, TwoFeatureDataModule, assert_same_snapshot, snapshot, trainer  # noqa: E402
-
-from lightning_sam.callbacks import FeatureProbe  # noqa: E402
+from lightning_sam.callbacks import FeatureProbe
+from tests.tiny import TinyClassifier, TwoFeatureDataModule, assert_same_snapshot, snapshot, trainer
 
 
 def test_feature_probe_logs_accuracy_and_error_of_every_feature(tmp_path):
@@ -122,3 +117,23 @@ def test_feature_probe_history_and_probes_resume_from_a_checkpoint(tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert resumed.history[:2] == first.history
     assert resumed.history == full.history
+
+
+def test_feature_probe_honours_every_n_epochs_under_max_steps(tmp_path):
+    datamodule = TwoFeatureDataModule()
+    probe = FeatureProbe(every_n_epochs=2)
+    fitted = trainer(tmp_path, max_epochs=None, max_steps=5 * _steps_per_epoch(datamodule), callbacks=[probe])
+    fitted.fit(TinyClassifier(), datamodule)
+    assert fitted.max_epochs == -1  # Lightning's "no epoch limit"
+    assert [h["epoch"] for h in probe.history] == [1, 3, 4]  # epochs 2 and 4, and the final weights
+
+
+def test_feature_probe_every_n_epochs_zero_probes_only_at_the_end(tmp_path):
+    probe = FeatureProbe(every_n_epochs=0)
+    trainer(tmp_path, max_epochs=3, callbacks=[probe]).fit(TinyClassifier(), TwoFeatureDataModule())
+    assert [h["epoch"] for h in probe.history] == [2]
+
+
+def _steps_per_epoch(datamodule: TwoFeatureDataModule) -> int:
+    datamodule.setup("fit")
+    return len(datamodule.train_dataloader())

@@ -1,16 +1,11 @@
 """GroupAccuracy: per-group, worst-group and training-weighted average accuracy on validation and test."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import TinyClassifier, TwoFeatureDataModule, trainer  # noqa: E402
-
-from lightning_sam.callbacks import GroupAccuracy  # noqa: E402
+from lightning_sam.callbacks import GroupAccuracy
+from tests.tiny import TinyClassifier, TwoFeatureDataModule, trainer
 
 
 def _expected(model, dataset, counts):

@@ -1,21 +1,24 @@
 """ImportanceWeights: Gini coefficients and Lorenz figures of real and phantom weights, without side effects."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import TinyClassifier, TwoFeatureDataModule, assert_same_snapshot, snapshot, trainer  # noqa: E402
+from lightning_sam.bodies import TwoBranchMLP
+from lightning_sam.callbacks import ImportanceWeights, LearningRateScaling
+from lightning_sam.callbacks import importance_weights as importance_weights_module
+from lightning_sam.functional import gini_coefficient, importance_weights, within_class_gini
+from lightning_sam.sam_classifier import SAMClassifier
+from tests.tiny import TinyClassifier, TwoFeatureDataModule, assert_same_snapshot, snapshot, trainer
 
-from lightning_sam.bodies import TwoBranchMLP  # noqa: E402
-from lightning_sam.callbacks import ImportanceWeights  # noqa: E402
-from lightning_sam.functional import gini_coefficient, importance_weights  # noqa: E402
-from lightning_sam.sam_classifier import SAMClassifier  # noqa: E402
+KEYS = (
+    "importance/gini_real",
+    "importance/gini_phantom",
+    "importance/gini_within_class_real",
+    "importance/gini_within_class_phantom",
+)
 
 
 def test_importance_weights_logs_both_ginis_and_one_lorenz_image_per_epoch(tmp_path):
@@ -24,7 +27,7 @@ def test_importance_weights_logs_both_ginis_and_one_lorenz_image_per_epoch(tmp_p
     trainer(tmp_path, max_epochs=2, callbacks=[callback], logger=logger).fit(TinyClassifier(), TwoFeatureDataModule())
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
-    assert {"importance/gini_real", "importance/gini_phantom"} <= set(events.Tags()["scalars"])
+    assert set(KEYS) <= set(events.Tags()["scalars"])
     assert len(events.Images("importance/lorenz")) == 2
     assert len(callback.history) == 2
     assert all(0 <= h["importance/gini_real"] < 1 and 0 <= h["importance/gini_phantom"] < 1 for h in callback.history)
@@ -35,9 +38,12 @@ def test_importance_weights_real_gini_is_that_of_the_models_eval_logits_on_the_f
     model, datamodule = TinyClassifier(), TwoFeatureDataModule()
     trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, datamodule)
     model.eval()
+    y = datamodule.train_dataset.y
     with torch.no_grad():
-        weights = importance_weights(model(datamodule.train_dataset.x), datamodule.train_dataset.y)
-    assert callback.history[-1]["importance/gini_real"] == pytest.approx(gini_coefficient(weights).item(), abs=1e-6)
+        weights = importance_weights(model(datamodule.train_dataset.x), y)
+    h = callback.history[-1]
+    assert h["importance/gini_real"] == pytest.approx(gini_coefficient(weights).item(), abs=1e-6)
+    assert h["importance/gini_within_class_real"] == pytest.approx(within_class_gini(weights, y).item(), abs=1e-6)
 
 
 def test_importance_weights_phantom_equals_real_at_rho_zero(tmp_path):
@@ -87,10 +93,17 @@ def test_importance_weights_without_rho_on_a_plain_module_asks_for_it(tmp_path):
         )
 
 
-def test_importance_weights_by_default_draws_lorenz_only_when_tensorboard_is_there(tmp_path):
+def test_importance_weights_by_default_draws_lorenz_only_when_tensorboard_is_there(tmp_path, monkeypatch):
+    drawn = []
+    draw = importance_weights_module._lorenz_figure
+    monkeypatch.setattr(importance_weights_module, "_lorenz_figure", lambda *args: drawn.append(1) or draw(*args))
     callback = ImportanceWeights(rho=0.1)
     trainer(tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path)).fit(TinyClassifier(), TwoFeatureDataModule())
-    assert callback.history and "importance/gini_phantom" in callback.history[-1]
+    measured = len(callback.history)
+    assert measured > 0 and not drawn
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer(tmp_path, callbacks=[callback], logger=logger).fit(TinyClassifier(), TwoFeatureDataModule())
+    assert len(drawn) == len(callback.history) - measured > 0
 
 
 def test_importance_weights_lorenz_figure_without_tensorboard_names_the_fix(tmp_path):
@@ -106,3 +119,34 @@ def test_importance_weights_reads_plain_xy_batches(tmp_path):
     callback = ImportanceWeights(rho=0.1, lorenz_figure=False)
     trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(TinyClassifier(), data)
     assert len(callback.history) == 1
+
+
+def test_importance_weights_measures_asam_as_asam(tmp_path):
+    model_default = _fit_samclassifier(tmp_path, ImportanceWeights(lorenz_figure=False), optimizer="asam")
+    as_asam = _fit_samclassifier(
+        tmp_path, ImportanceWeights(rho=0.3, scope="all", adaptive=True, lorenz_figure=False), optimizer="asam"
+    )
+    as_sam = _fit_samclassifier(tmp_path, ImportanceWeights(adaptive=False, lorenz_figure=False), optimizer="asam")
+    assert model_default == as_asam
+    assert model_default["importance/gini_phantom"] != as_sam["importance/gini_phantom"]
+
+
+def test_importance_weights_every_n_epochs_zero_measures_once_at_the_end(tmp_path):
+    callback = ImportanceWeights(rho=0.1, every_n_epochs=0, lorenz_figure=False)
+    trainer(tmp_path, max_epochs=3, callbacks=[callback]).fit(TinyClassifier(), TwoFeatureDataModule())
+    assert [h["epoch"] for h in callback.history] == [2]
+
+
+def test_importance_weights_and_learning_rate_scaling_share_one_phantom_pass(tmp_path):
+    def measurement_forwards(callbacks) -> int:
+        torch.manual_seed(0)
+        model = SAMClassifier(TwoBranchMLP(hidden=8), optimizer="lsam", rho=0.3, lr_schedule="constant")
+        calls = []
+        model.body.register_forward_hook(lambda module, args, out: calls.append(module.training))
+        trainer(tmp_path, max_epochs=1, callbacks=callbacks).fit(model, TwoFeatureDataModule(seed=1))
+        return sum(1 for training in calls if not training)  # the measurements run in eval mode
+
+    importance = measurement_forwards([ImportanceWeights(lorenz_figure=False)])
+    scaling = measurement_forwards([LearningRateScaling()])
+    both = measurement_forwards([ImportanceWeights(lorenz_figure=False), LearningRateScaling()])
+    assert importance > 0 and importance == scaling == both

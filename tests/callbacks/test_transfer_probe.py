@@ -16,13 +16,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "datamodules"))
-from domainbed_fixtures import write_domainbed  # noqa: E402
-
-from lightning_sam import SAMClassifier  # noqa: E402
-from lightning_sam.callbacks.transfer_probe import TransferProbe  # noqa: E402
-from lightning_sam.datamodules.domainbed import DomainBedDataModule  # noqa: E402
-from lightning_sam.functional.linear_probe import fit_linear_probe  # noqa: E402
+from lightning_sam import SAMClassifier
+from lightning_sam.callbacks.transfer_probe import TransferProbe
+from lightning_sam.datamodules.demos import write_tiny_domainbed as write_domainbed
+from lightning_sam.datamodules.domainbed import DomainBedDataModule
+from lightning_sam.functional.linear_probe import fit_linear_probe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(canonical|subset|sanity|LeafSpec).*")
 

@@ -11,11 +11,11 @@ import torch
 
 import lightning_sam.datamodules.celeba as celeba
 from lightning_sam.batch import FeatureBatch
-from lightning_sam.datamodules import CelebADataModule, DownloadError, download_url
-from lightning_sam.datamodules.download import file_md5
-from lightning_sam.datamodules.tiny_celeba import CELEBA_ATTRIBUTES, TINY_COUNTS, write_tiny_celeba
+from lightning_sam.datamodules import CelebADataModule
+from lightning_sam.datamodules._download import DownloadError, download_url, file_md5
+from lightning_sam.datamodules.demos import CELEBA_ATTRIBUTES, TINY_CELEBA_COUNTS, write_tiny_celeba
 
-SIZES = tuple(sum(TINY_COUNTS[s]) for s in (0, 1, 2))
+SIZES = tuple(sum(TINY_CELEBA_COUNTS[s]) for s in (0, 1, 2))
 
 
 def _datamodule(root: Path, **kwargs) -> CelebADataModule:
@@ -43,7 +43,7 @@ def test_all_layouts_give_official_splits_groups_and_features(tmp_path: Path, la
     folder = write_tiny_celeba(tmp_path, layout=layout)
     dm = _setup(_datamodule(tmp_path))
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == SIZES
-    assert dm.train_group_counts().tolist() == list(TINY_COUNTS[0])
+    assert dm.train_group_counts().tolist() == list(TINY_CELEBA_COUNTS[0])
     assert dm.feature_names == ("hair", "gender")
     table = _attribute_table(folder)
     for ds in (dm.train_dataset, dm.val_dataset, dm.test_dataset):
@@ -71,16 +71,18 @@ def test_batches_follow_the_feature_batch_contract(tmp_path: Path) -> None:
     write_tiny_celeba(tmp_path)
     dm = _setup(_datamodule(tmp_path))
     batch = next(iter(dm.val_dataloader()))
-    assert isinstance(batch, FeatureBatch) and batch.x.shape == (4, 3, 16, 16)
-    assert torch.equal(batch.y, batch.features[:, 0]) and torch.equal(batch.group, 2 * batch.y + batch.features[:, 1])
+    assert isinstance(batch, FeatureBatch)
+    assert batch.x.shape == (4, 3, 16, 16)
+    assert torch.equal(batch.y, batch.features[:, 0])
+    assert torch.equal(batch.group, 2 * batch.y + batch.features[:, 1])
 
 
 def test_probe_splits_are_group_balanced_and_decorrelated(tmp_path: Path) -> None:
     write_tiny_celeba(tmp_path)
     dm = _setup(_datamodule(tmp_path))
     for probe, split, counts in (
-        (dm.probe_train_dataset, dm.val_dataset, TINY_COUNTS[1]),
-        (dm.probe_test_dataset, dm.test_dataset, TINY_COUNTS[2]),
+        (dm.probe_train_dataset, dm.val_dataset, TINY_CELEBA_COUNTS[1]),
+        (dm.probe_test_dataset, dm.test_dataset, TINY_CELEBA_COUNTS[2]),
     ):
         cells = Counter(map(tuple, probe.features.tolist()))  # (hair, gender) cells
         assert cells == {(h, g): min(counts) for h in (0, 1) for g in (0, 1)}
@@ -92,9 +94,8 @@ def test_count_line_disagreeing_with_rows_warns(tmp_path: Path) -> None:
     path = folder / "list_attr_celeba.txt"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("202599\n" + "".join(lines[1:]))
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="count line says 202599 images but 37 rows"):
         _datamodule(tmp_path).setup("fit")
-    assert any("count line says 202599 images but 37 rows" in str(w.message) for w in record)
 
 
 def test_unknown_attribute_is_an_error_with_suggestions(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_missing_csv_column_is_an_error(tmp_path: Path) -> None:
     folder = write_tiny_celeba(tmp_path, layout="csv")
     path = folder / "list_eval_partition.csv"
     path.write_text(path.read_text().replace("image_id,partition", "image_id,split", 1))
-    with pytest.raises(ValueError, match="list_eval_partition.csv: the header must be 'image_id,partition'"):
+    with pytest.raises(ValueError, match=r"list_eval_partition.csv: the header must be 'image_id,partition'"):
         _datamodule(tmp_path).setup("fit")
 
 
@@ -129,7 +130,7 @@ def test_malformed_attribute_row_is_an_error(tmp_path: Path) -> None:
     lines = path.read_text().splitlines(keepends=True)
     lines[4] = lines[4].rsplit(" ", 3)[0] + "\n"  # drops values
     path.write_text("".join(lines))
-    with pytest.raises(ValueError, match="list_attr_celeba.txt, line 5: expected a file name and 40 values"):
+    with pytest.raises(ValueError, match=r"list_attr_celeba.txt, line 5: expected a file name and 40 values"):
         _datamodule(tmp_path).setup("fit")
 
 
@@ -139,7 +140,7 @@ def test_missing_files_are_errors_naming_them(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"1 of the 37 images.*000007.jpg"):
         _datamodule(tmp_path).setup("fit")
     (folder / "list_eval_partition.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="list_eval_partition.txt is missing"):
+    with pytest.raises(FileNotFoundError, match=r"list_eval_partition.txt is missing"):
         _datamodule(tmp_path).setup("fit")
 
 
@@ -147,7 +148,9 @@ def test_missing_root_names_both_layouts_and_the_manual_steps(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError) as info:
         _datamodule(tmp_path / "nowhere").setup("fit")
     message = str(info.value)
-    assert "does not exist" in message and "celebA_v1.0" in message and "img_align_celeba.zip" in message
+    assert "does not exist" in message
+    assert "celebA_v1.0" in message
+    assert "img_align_celeba.zip" in message
 
 
 def test_invalid_arguments_name_the_argument(tmp_path: Path) -> None:
@@ -194,7 +197,7 @@ def test_download_verifies_md5_and_count_then_moves_into_place(tmp_path: Path, m
     assert {p.name for p in (root / "celeba").iterdir()} == {name for _, _, name in celeba.CELEBA_FILES} | {
         "img_align_celeba"
     }
-    assert dm.train_group_counts().tolist() == list(TINY_COUNTS[0])
+    assert dm.train_group_counts().tolist() == list(TINY_CELEBA_COUNTS[0])
 
 
 def test_corrupted_download_is_a_clear_error_and_leaves_nothing_complete(
@@ -220,6 +223,8 @@ def test_rate_limited_source_gives_manual_steps_and_layout(tmp_path: Path, monke
     with pytest.raises(DownloadError) as info:
         _datamodule(tmp_path / "data", download=True).prepare_data()
     message = str(info.value)
-    assert "Too many users" in message and "drive.google.com/uc?id=" in message
-    assert "mmlab.ie.cuhk.edu.hk" in message and "img_align_celeba/000001.jpg" in message
+    assert "Too many users" in message
+    assert "drive.google.com/uc?id=" in message
+    assert "mmlab.ie.cuhk.edu.hk" in message
+    assert "img_align_celeba/000001.jpg" in message
     assert not (tmp_path / "data" / "celeba").exists()

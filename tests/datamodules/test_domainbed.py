@@ -9,11 +9,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from domainbed_fixtures import write_domainbed
 from PIL import Image
 
+from lightning_sam.datamodules._download import DownloadError
+from lightning_sam.datamodules.demos import write_tiny_domainbed
 from lightning_sam.datamodules.domainbed import DATASETS, Archive, DomainBedDataModule
-from lightning_sam.datamodules.download import DownloadError
 
 PACS_CLASSES = DATASETS["PACS"].classes
 SUBSET = "ignore:.*(canonical|subset).*:UserWarning"
@@ -37,54 +37,67 @@ def _labels(dataset) -> list[tuple[str, str, int, int, int]]:
 @pytest.mark.filterwarnings(SUBSET)
 def test_labels_follow_one_class_list_when_a_domain_lacks_a_class(tmp_path: Path) -> None:
     # cartoon has no "dog", the first class: a per-domain ImageFolder would give its elephants label 0
-    write_domainbed(tmp_path, "PACS", per_class=5, lacking=(("cartoon", "dog"), ("sketch", "house")))
+    write_tiny_domainbed(tmp_path, "PACS", per_class=5, lacking=(("cartoon", "dog"), ("sketch", "house")))
     dm = _setup(tmp_path, test_domain="photo")
-    assert dm.classes == PACS_CLASSES and dm.num_classes == 7 and dm.num_groups == 28
+    assert dm.classes == PACS_CLASSES
+    assert dm.num_classes == 7
+    assert dm.num_groups == 28
     assert dm.feature_names == ("domain", "class")
     every = _labels(dm.probe_train_dataset) + _labels(dm.probe_test_dataset)
     assert len(every) == 4 * 7 * 5 - 2 * 5
     for domain, cls, y, d, g in every:
-        assert PACS_CLASSES[y] == cls and dm.domains[d] == domain and g == d * 7 + y
+        assert PACS_CLASSES[y] == cls
+        assert dm.domains[d] == domain
+        assert g == d * 7 + y
     assert {y for domain, _, y, _, _ in every if domain == "cartoon"} == set(range(1, 7))
 
 
 @pytest.mark.filterwarnings(SUBSET)
 def test_hidden_folders_and_files_are_ignored(tmp_path: Path) -> None:
-    write_domainbed(tmp_path, "PACS", per_class=2, hidden=True)
-    with pytest.warns(UserWarning) as record:
+    write_tiny_domainbed(tmp_path, "PACS", per_class=2, hidden=True)
+    with pytest.warns(UserWarning, match="canonical") as record:
         dm = _setup(tmp_path)
     assert not any("ignoring folders" in str(w.message) for w in record)
     files = dm.probe_train_dataset.files + dm.probe_test_dataset.files
-    assert len(files) == 4 * 7 * 2 and not any("checkpoint" in str(f) for f in files)
+    assert len(files) == 4 * 7 * 2
+    assert not any("checkpoint" in str(f) for f in files)
 
 
 @pytest.mark.filterwarnings(SUBSET)
 def test_every_domain_is_split_80_20_and_the_test_domain_held_out(tmp_path: Path) -> None:
-    write_domainbed(tmp_path, "VLCS", per_class=10)  # 50 images per domain: 40 in, 10 out
+    write_tiny_domainbed(tmp_path, "VLCS", per_class=10)  # 50 images per domain: 40 in, 10 out
     dm = _setup(tmp_path, dataset="VLCS", test_domain="SUN09", seed=1)
     train, val = _labels(dm.train_dataset), _labels(dm.val_dataset)
-    assert len(train) == 3 * 40 and len(val) == 3 * 10
+    assert len(train) == 3 * 40
+    assert len(val) == 3 * 10
     assert {t[0] for t in train} == {t[0] for t in val} == {"Caltech101", "LabelMe", "VOC2007"}
-    assert {t[0] for t in _labels(dm.test_dataset)} == {"SUN09"} and len(dm.test_dataset) == 50
+    assert {t[0] for t in _labels(dm.test_dataset)} == {"SUN09"}
+    assert len(dm.test_dataset) == 50
     fit, evaluate = set(dm.target_fit_dataset.files), set(dm.target_eval_dataset.files)
-    assert len(fit) == 40 and len(evaluate) == 10 and fit | evaluate == set(dm.test_dataset.files)
+    assert len(fit) == 40
+    assert len(evaluate) == 10
+    assert fit | evaluate == set(dm.test_dataset.files)
     assert not set(dm.train_dataset.files) & set(dm.val_dataset.files)
-    assert len(dm.probe_train_dataset) == 160 and len(dm.probe_test_dataset) == 40
+    assert len(dm.probe_train_dataset) == 160
+    assert len(dm.probe_test_dataset) == 40
     assert dm.train_group_counts().sum() == 120
     again = _setup(tmp_path, dataset="VLCS", test_domain="SUN09", seed=1)
     other = _setup(tmp_path, dataset="VLCS", test_domain="SUN09", seed=2)
-    assert again.val_dataset.files == dm.val_dataset.files and other.val_dataset.files != dm.val_dataset.files
+    assert again.val_dataset.files == dm.val_dataset.files
+    assert other.val_dataset.files != dm.val_dataset.files
     fit_loader, eval_loader = dm.transfer_dataloaders()
     batch = next(iter(eval_loader))
-    assert batch.x.shape == (10, 3, 8, 8) and len(fit_loader.dataset) == 40
+    assert batch.x.shape == (10, 3, 8, 8)
+    assert len(fit_loader.dataset) == 40
 
 
 @pytest.mark.filterwarnings(SUBSET)
 def test_office_home_classes_are_the_sorted_folders_found(tmp_path: Path) -> None:
-    write_domainbed(tmp_path, "OfficeHome", per_class=3, classes=("Bike", "Alarm_Clock", "Backpack"))
+    write_tiny_domainbed(tmp_path, "OfficeHome", per_class=3, classes=("Bike", "Alarm_Clock", "Backpack"))
     with pytest.warns(UserWarning, match="3 of the 65 classes"):
         dm = _setup(tmp_path, dataset="OfficeHome", test_domain="Real World")
-    assert dm.classes == ("Alarm_Clock", "Backpack", "Bike") and dm.num_classes == 65
+    assert dm.classes == ("Alarm_Clock", "Backpack", "Bike")
+    assert dm.num_classes == 65
     assert all(dm.classes[y] == cls for _, cls, y, _, _ in _labels(dm.train_dataset))
 
 
@@ -107,7 +120,7 @@ def test_invalid_argument_is_named_in_the_error(tmp_path: Path, kwargs: dict, ar
 
 
 def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
-    folder = write_domainbed(tmp_path, "PACS", per_class=1)
+    folder = write_tiny_domainbed(tmp_path, "PACS", per_class=1)
     for image in (folder / "sketch" / "horse").iterdir():
         image.unlink()
     with pytest.raises(ValueError, match=r"sketch/horse holds no images"):
@@ -115,14 +128,14 @@ def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
 
 
 def test_unknown_class_folder_is_an_error(tmp_path: Path) -> None:
-    folder = write_domainbed(tmp_path, "PACS", per_class=1)
+    folder = write_tiny_domainbed(tmp_path, "PACS", per_class=1)
     (folder / "photo" / "cat").mkdir()
     with pytest.raises(ValueError, match=r"\['cat'\].*not PACS classes"):
         _setup(tmp_path)
 
 
 def test_missing_domain_folder_is_an_error(tmp_path: Path) -> None:
-    folder = write_domainbed(tmp_path, "PACS", per_class=1)
+    folder = write_tiny_domainbed(tmp_path, "PACS", per_class=1)
     (folder / "sketch").rename(folder / "Sketch")
     with pytest.raises(FileNotFoundError, match=r"\['sketch'\] missing"):
         _setup(tmp_path)
@@ -136,7 +149,7 @@ def test_missing_dataset_without_download_gives_the_layout_and_sources(tmp_path:
 
 
 def test_data_on_disk_with_non_canonical_counts_loads_with_a_warning(tmp_path: Path) -> None:
-    write_domainbed(tmp_path, "PACS", per_class=1)
+    write_tiny_domainbed(tmp_path, "PACS", per_class=1)
     with pytest.warns(UserWarning, match="art_painting: 7 images, expected 2048"):
         _setup(tmp_path)
 
@@ -155,7 +168,7 @@ def _zip_folder(folder: Path, archive: Path, top: str) -> None:
 
 @pytest.mark.filterwarnings(SUBSET)
 def test_download_keeps_only_a_complete_verified_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = write_domainbed(tmp_path / "source", "PACS", per_class=2, hidden=False)
+    source = write_tiny_domainbed(tmp_path / "source", "PACS", per_class=2, hidden=False)
     archive = tmp_path / "served" / "PACS.zip"
     archive.parent.mkdir()
     _zip_folder(source, archive, "kfold")  # DomainBed's PACS.zip unpacks to kfold/<domain>/<class>/
@@ -173,7 +186,7 @@ def test_download_keeps_only_a_complete_verified_archive(tmp_path: Path, monkeyp
     assert list(root.iterdir()) == []  # no PACS/ and no temporary folder left behind
 
     truncated_tree = tmp_path / "partial"
-    write_domainbed(truncated_tree, "PACS", per_class=2, hidden=False, lacking=(("photo", "dog"),))
+    write_tiny_domainbed(truncated_tree, "PACS", per_class=2, hidden=False, lacking=(("photo", "dog"),))
     _zip_folder(truncated_tree / "PACS", archive, "kfold")  # a valid archive with too few images
     with pytest.raises(DownloadError, match="photo: 12 images, expected 14"):
         DomainBedDataModule(root, dataset="PACS").prepare_data()
@@ -181,7 +194,9 @@ def test_download_keeps_only_a_complete_verified_archive(tmp_path: Path, monkeyp
 
     archive.write_bytes(good)
     dm = _setup(root, dataset="PACS", test_domain="cartoon")
-    assert [p.name for p in root.iterdir()] == ["PACS"] and len(dm.train_dataset) == 3 * 12
+    # 14 images per domain, round(0.2 * 14) = 3 of them "out"
+    assert [p.name for p in root.iterdir()] == ["PACS"]
+    assert len(dm.train_dataset) == 3 * 11
 
 
 def test_terra_incognita_download_keeps_domainbed_locations_and_classes(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from dominoes_fixtures import class_of, gzip_mnist, write_dominoes_sources
 from torch.utils.data import default_collate
 from torchvision.datasets import MNIST
 
+from lightning_sam.datamodules.demos import class_of, patch_cifar_md5, write_tiny_dominoes, write_tiny_mnist_mirror
 from lightning_sam.datamodules.dominoes import CifarMnistDataModule, DominoesDataModule, FmnistMnistDataModule
 
 # fixture sizes: MNIST/FashionMNIST 12 train and 6 test images per class, CIFAR-10 10 and 6
@@ -34,22 +34,32 @@ def _built(dm: DominoesDataModule) -> DominoesDataModule:
 
 @pytest.fixture
 def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return write_dominoes_sources(tmp_path / "data", monkeypatch)
+    root = write_tiny_dominoes(tmp_path / "data")
+    patch_cifar_md5(monkeypatch, root / "cifar-10-batches-py")
+    return root
 
 
 @pytest.mark.filterwarnings(SUBSET)
 def test_cifar_mnist_stacks_mnist_digit_above_cifar_image_with_matching_labels(sources: Path) -> None:
     dm = _built(CifarMnistDataModule(sources, batch_size=4))
     x, y, features, group = _all(dm.train_dataset)
-    assert dm.feature_names == ("mnist", "cifar") and dm.num_classes == 2 and dm.num_groups == 4
-    assert x.shape == (18, 3, 64, 32) and x.dtype == torch.float32  # 20 automobiles + trucks, 90 % for training
-    assert len(dm.val_dataset) == 2 and len(dm.test_dataset) == 12
+    assert dm.feature_names == ("mnist", "cifar")
+    assert dm.num_classes == 2
+    assert dm.num_groups == 4
+    assert x.shape == (18, 3, 64, 32)
+    assert x.dtype == torch.float32
+    assert len(dm.val_dataset) == 2
+    assert len(dm.test_dataset) == 12
     # top: a 28x28 MNIST digit zero-padded to 32x32; bottom: a CIFAR image, no padding
-    assert (x[:, :, :2].abs().sum() == 0) and bool((x[:, :, 2:30, 2:30] > 0).all()) and bool((x[:, :, 32:] > 0).all())
+    assert x[:, :, :2].abs().sum() == 0
+    assert bool((x[:, :, 2:30, 2:30] > 0).all())
+    assert bool((x[:, :, 32:] > 0).all())
     mnist = torch.tensor([class_of("mnist", v) for v in x[:, 0, 16, 16].tolist()])
     cifar = torch.tensor([class_of("cifar", v) for v in x[:, 0, 48, 16].tolist()])
-    assert torch.equal(mnist, features[:, 0]) and torch.equal(torch.tensor([1, 9])[features[:, 1]], cifar)
-    assert torch.equal(features[:, 1], y) and torch.equal(features[:, 0], y)  # p = 1: both halves carry the label
+    assert torch.equal(mnist, features[:, 0])
+    assert torch.equal(torch.tensor([1, 9])[features[:, 1]], cifar)
+    assert torch.equal(features[:, 1], y)
+    assert torch.equal(features[:, 0], y)
     assert torch.equal(group, 2 * y + features[:, 0])
     assert dm.train_group_counts().tolist() == [9, 0, 0, 9]
 
@@ -58,8 +68,11 @@ def test_cifar_mnist_stacks_mnist_digit_above_cifar_image_with_matching_labels(s
 def test_fmnist_mnist_pairs_mnist_digit_c_with_fashion_class_c(sources: Path) -> None:
     dm = _built(FmnistMnistDataModule(sources, batch_size=4, seed=3))
     x, y, features, group = _all(dm.train_dataset)
-    assert dm.feature_names == ("mnist", "fmnist") and dm.num_classes == 5 and dm.num_groups == 25
-    assert x.shape == (55, 3, 64, 32) and len(dm.val_dataset) == 5  # 12 images per class: 11 train, 1 val
+    assert dm.feature_names == ("mnist", "fmnist")
+    assert dm.num_classes == 5
+    assert dm.num_groups == 25
+    assert x.shape == (55, 3, 64, 32)
+    assert len(dm.val_dataset) == 5
     assert [class_of("mnist", v) for v in x[:, 0, 16, 16].tolist()] == y.tolist()
     assert [class_of("fmnist", v) for v in x[:, 1, 48, 16].tolist()] == y.tolist()
     assert torch.equal(group, 5 * y + features[:, 0])
@@ -91,7 +104,8 @@ def test_training_correlation_p_sets_the_fraction_of_agreeing_halves(sources: Pa
 @pytest.mark.filterwarnings(SUBSET)
 def test_spurious_on_top_false_puts_the_core_image_on_top(sources: Path) -> None:
     x, y, _, _ = _all(_built(CifarMnistDataModule(sources, spurious_on_top=False)).train_dataset)
-    assert bool((x[:, :, :32] > 0).all()) and x[:, :, 32:34].abs().sum() == 0
+    assert bool((x[:, :, :32] > 0).all())
+    assert x[:, :, 32:34].abs().sum() == 0
     assert [class_of("cifar", v) for v in x[:, 0, 16, 16].tolist()] == [(1, 9)[c] for c in y.tolist()]
 
 
@@ -120,7 +134,7 @@ def test_corrupt_cache_error_names_the_file_to_delete(sources: Path) -> None:
     dm = CifarMnistDataModule(sources)
     dm.prepare_data()
     dm.cache_path.write_bytes(b"not a torch file")
-    with pytest.raises(RuntimeError, match="(?s)cannot be read.*delete it"):
+    with pytest.raises(RuntimeError, match=r"(?s)cannot be read.*delete it"):
         dm.setup("fit")
 
 
@@ -145,7 +159,7 @@ def test_download_moves_mnist_into_place_only_when_its_md5_checks_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mirror = tmp_path / "mirror"
-    md5s = gzip_mnist(mirror)
+    md5s = write_tiny_mnist_mirror(mirror)
     # torchvision's downloader reads the response length, which file:// URLs lack: serve the mirror over HTTP
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(mirror)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -156,7 +170,7 @@ def test_download_moves_mnist_into_place_only_when_its_md5_checks_pass(
     # a corrupted archive on the mirror: torchvision's md5 check fails, nothing is kept
     good = (mirror / "t10k-labels-idx1-ubyte.gz").read_bytes()
     (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(good[:-7])
-    with pytest.raises(RuntimeError, match="(?s)downloading mnist failed.*corrupted.*nothing was kept"):
+    with pytest.raises(RuntimeError, match=r"(?s)downloading mnist failed.*corrupted.*nothing was kept"):
         dm._ensure_source("mnist")
     assert list((tmp_path / "data").iterdir()) == []
 

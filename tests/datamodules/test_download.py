@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_sam.datamodules.download import DownloadError, download_url, extract_archive, file_md5
+from lightning_sam.datamodules._download import DownloadError, download_url, extract_archive, file_md5
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -38,7 +38,7 @@ def test_download_url_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(b"corrupted")
     out_dir = tmp_path / "out"
-    with pytest.raises(DownloadError, match="Checksum mismatch.*src.bin.*To fix"):
+    with pytest.raises(DownloadError, match=r"Checksum mismatch.*src.bin.*To fix"):
         download_url(src.as_uri(), out_dir / "copy.bin", md5="0" * 32)
     assert list(out_dir.iterdir()) == []
 
@@ -47,14 +47,16 @@ def test_download_url_unreachable_source_names_url_and_manual_steps(tmp_path: Pa
     url = (tmp_path / "missing.tar.gz").as_uri()
     with pytest.raises(DownloadError) as info:
         download_url(url, tmp_path / "out" / "x.tar.gz", instructions="fetch it from the mirror into data/")
-    assert url in str(info.value) and "fetch it from the mirror into data/" in str(info.value)
+    assert url in str(info.value)
+    assert "fetch it from the mirror into data/" in str(info.value)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_extract_archive_strips_single_top_folder(tmp_path: Path) -> None:
     archive = _tar_gz(tmp_path / "a.tar.gz", {"top/metadata.csv": b"x", "top/sub/img.jpg": b"y"})
     dest = extract_archive(archive, tmp_path / "data" / "top", strip_top_folder=True)
-    assert (dest / "metadata.csv").read_bytes() == b"x" and (dest / "sub" / "img.jpg").read_bytes() == b"y"
+    assert (dest / "metadata.csv").read_bytes() == b"x"
+    assert (dest / "sub" / "img.jpg").read_bytes() == b"y"
     assert _leftovers(tmp_path / "data") == []
 
 
@@ -75,7 +77,8 @@ def test_extract_archive_refuses_parent_traversal_member(tmp_path: Path) -> None
     (tmp_path / "data").mkdir()
     with pytest.raises(ValueError, match=r"'\.\./evil'"):
         extract_archive(archive, tmp_path / "data" / "top")
-    assert not (tmp_path / "evil").exists() and not (tmp_path / "data" / "evil").exists()
+    assert not (tmp_path / "evil").exists()
+    assert not (tmp_path / "data" / "evil").exists()
     assert list((tmp_path / "data").iterdir()) == []
 
 
@@ -90,7 +93,8 @@ def test_extract_archive_refuses_absolute_member_and_outside_symlink(tmp_path: P
         tf.addfile(info)
     with pytest.raises(ValueError, match="top/escape"):
         extract_archive(link, tmp_path / "d2")
-    assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()
+    assert not (tmp_path / "d1").exists()
+    assert not (tmp_path / "d2").exists()
     assert _leftovers(tmp_path) == []
 
 
@@ -98,9 +102,10 @@ def test_extract_archive_refuses_zip_slip(tmp_path: Path) -> None:
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../../evil.txt", b"pwned")
-    with pytest.raises(ValueError, match="evil.txt"):
+    with pytest.raises(ValueError, match=r"evil.txt"):
         extract_archive(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
 
 
 def test_extract_archive_truncated_archive_is_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
@@ -108,7 +113,7 @@ def test_extract_archive_truncated_archive_is_clear_error_and_leaves_nothing(tmp
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (tmp_path / "data").mkdir()
-    with pytest.raises(DownloadError, match="corrupt, truncated.*download it again"):
+    with pytest.raises(DownloadError, match=r"corrupt, truncated.*download it again"):
         extract_archive(bad, tmp_path / "data" / "top", strip_top_folder=True)
     assert list((tmp_path / "data").iterdir()) == []
 
@@ -136,6 +141,7 @@ def test_extract_archive_refuses_member_through_a_symlink(tmp_path: Path) -> Non
         data.size = 5
         tf.addfile(data, io.BytesIO(b"pwned"))
     (tmp_path / "data").mkdir()
-    with pytest.raises(ValueError, match="'a/b/c'.*through the link 'a/b'"):
+    with pytest.raises(ValueError, match=r"'a/b/c'.*through the link 'a/b'"):
         extract_archive(archive, tmp_path / "data" / "out")
-    assert not (tmp_path / "evil").exists() and list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "evil").exists()
+    assert list((tmp_path / "data").iterdir()) == []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_sam.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, SMALL_CNN_SIZE, image_transform
+from lightning_sam.datamodules._transforms import IMAGENET_MEAN, IMAGENET_STD, SMALL_CNN_SIZE, image_transform
 
 
 @pytest.mark.parametrize("size", [224, SMALL_CNN_SIZE])

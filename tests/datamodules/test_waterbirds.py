@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lightning_sam.batch import FeatureBatch
-from lightning_sam.datamodules import DownloadError, WaterbirdsDataModule
-from lightning_sam.datamodules.tiny_waterbirds import TINY_COUNTS, write_tiny_waterbirds
+from lightning_sam.datamodules import WaterbirdsDataModule
+from lightning_sam.datamodules._download import DownloadError
+from lightning_sam.datamodules.demos import TINY_WATERBIRDS_COUNTS, write_tiny_waterbirds
 
 ORIGINAL = "waterbird_complete95_forest2water2"
 
@@ -41,10 +42,12 @@ def test_both_layouts_give_standard_splits_groups_and_features(tmp_path: Path, l
     write_tiny_waterbirds(tmp_path, layout=layout)
     dm = _setup(_datamodule(tmp_path))
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == tuple(
-        sum(TINY_COUNTS[s]) for s in (0, 1, 2)
+        sum(TINY_WATERBIRDS_COUNTS[s]) for s in (0, 1, 2)
     )
-    assert dm.train_group_counts().tolist() == list(TINY_COUNTS[0])
-    assert dm.feature_names == ("background", "bird") and dm.num_classes == 2 and dm.num_groups == 4
+    assert dm.train_group_counts().tolist() == list(TINY_WATERBIRDS_COUNTS[0])
+    assert dm.feature_names == ("background", "bird")
+    assert dm.num_classes == 2
+    assert dm.num_groups == 4
     # features are (place, y) and group is 2y + place, row by row, against metadata.csv
     with open(dm.find_folder() / "metadata.csv", newline="") as f:
         truth = {r["img_filename"]: (int(r["y"]), int(r["place"]), int(r["split"])) for r in csv.DictReader(f)}
@@ -60,8 +63,10 @@ def test_batches_follow_the_feature_batch_contract(tmp_path: Path) -> None:
     dm = _setup(_datamodule(tmp_path))
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, FeatureBatch)
-    assert batch.x.shape == (4, 3, 16, 16) and batch.x.dtype == torch.float32
-    assert batch.features.shape == (4, 2) and batch.features.dtype == torch.long
+    assert batch.x.shape == (4, 3, 16, 16)
+    assert batch.x.dtype == torch.float32
+    assert batch.features.shape == (4, 2)
+    assert batch.features.dtype == torch.long
     assert torch.equal(batch.group, 2 * batch.y + batch.features[:, 0])
 
 
@@ -70,8 +75,8 @@ def test_probe_splits_are_group_balanced_and_decorrelated(tmp_path: Path) -> Non
     dm = _setup(_datamodule(tmp_path, seed=3))
     probe_train, probe_test = dm.probe_train_dataset, dm.probe_test_dataset
     # equal counts in every (y, place) cell: background and bird are independent in both probe sets
-    assert Counter(probe_train.group.tolist()) == {g: min(TINY_COUNTS[1]) for g in range(4)}
-    assert Counter(probe_test.group.tolist()) == {g: min(TINY_COUNTS[2]) for g in range(4)}
+    assert Counter(probe_train.group.tolist()) == {g: min(TINY_WATERBIRDS_COUNTS[1]) for g in range(4)}
+    assert Counter(probe_test.group.tolist()) == {g: min(TINY_WATERBIRDS_COUNTS[2]) for g in range(4)}
     assert set(probe_train.files) <= set(dm.val_dataset.files)
     assert set(probe_test.files) <= set(dm.test_dataset.files)
     # seeded: the same seed draws the same probe set
@@ -88,7 +93,7 @@ def test_probe_source_train_and_per_group_size(tmp_path: Path) -> None:
 
 def test_probe_larger_than_smallest_group_is_an_error(tmp_path: Path) -> None:
     write_tiny_waterbirds(tmp_path)
-    with pytest.raises(ValueError, match="probe_per_group"), pytest.warns(UserWarning):
+    with pytest.raises(ValueError, match="probe_per_group"), pytest.warns(UserWarning, match="subset"):
         _datamodule(tmp_path, probe_per_group=50).setup("fit")
 
 
@@ -103,13 +108,16 @@ def test_missing_root_names_both_layouts_and_the_manual_steps(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError) as info:
         _datamodule(tmp_path / "nowhere").setup("fit")
     message = str(info.value)
-    assert "does not exist" in message and ORIGINAL in message and "waterbirds_v1.0" in message
-    assert "nlp.stanford.edu" in message and "tar -xzf" in message
+    assert "does not exist" in message
+    assert ORIGINAL in message
+    assert "waterbirds_v1.0" in message
+    assert "nlp.stanford.edu" in message
+    assert "tar -xzf" in message
 
 
 def test_missing_metadata_file_is_an_error(tmp_path: Path) -> None:
     (write_tiny_waterbirds(tmp_path) / "metadata.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="metadata.csv"):
+    with pytest.raises(FileNotFoundError, match=r"metadata.csv"):
         _datamodule(tmp_path).setup("fit")
 
 
@@ -147,14 +155,14 @@ def _tarball(tmp_path: Path) -> Path:
 def test_download_from_file_url_verifies_and_moves_into_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _tarball(tmp_path)
     # the fixture stands in for the full release: strict verification against its counts
-    monkeypatch.setattr(WaterbirdsDataModule, "split_sizes", tuple(sum(TINY_COUNTS[s]) for s in (0, 1, 2)))
-    monkeypatch.setattr(WaterbirdsDataModule, "train_group_counts_canonical", TINY_COUNTS[0])
+    monkeypatch.setattr(WaterbirdsDataModule, "split_sizes", tuple(sum(TINY_WATERBIRDS_COUNTS[s]) for s in (0, 1, 2)))
+    monkeypatch.setattr(WaterbirdsDataModule, "train_group_counts_canonical", TINY_WATERBIRDS_COUNTS[0])
     root = tmp_path / "data"
     dm = _datamodule(root, download=True, url=archive.as_uri())
     dm.prepare_data()
     dm.setup("fit")
     assert sorted(p.name for p in root.iterdir()) == [ORIGINAL]  # no archive, no temporary folder
-    assert dm.train_group_counts().tolist() == list(TINY_COUNTS[0])
+    assert dm.train_group_counts().tolist() == list(TINY_WATERBIRDS_COUNTS[0])
 
 
 def test_download_failing_strict_verification_leaves_nothing(tmp_path: Path) -> None:
@@ -171,7 +179,8 @@ def test_corrupted_download_is_a_clear_error_and_leaves_nothing(tmp_path: Path) 
     root = tmp_path / "data"
     with pytest.raises(DownloadError) as info:
         _datamodule(root, download=True, url=archive.as_uri()).prepare_data()
-    assert "corrupt, truncated" in str(info.value) and "tar -xzf" in str(info.value)
+    assert "corrupt, truncated" in str(info.value)
+    assert "tar -xzf" in str(info.value)
     assert list(root.iterdir()) == []
 
 
@@ -179,5 +188,6 @@ def test_unreachable_source_gives_manual_steps_and_layout(tmp_path: Path) -> Non
     url = (tmp_path / "gone.tar.gz").as_uri()
     with pytest.raises(DownloadError) as info:
         _datamodule(tmp_path / "data", download=True, url=url).prepare_data()
-    assert url in str(info.value) and f"{ORIGINAL}/metadata.csv" in str(info.value).replace("\\", "/")
+    assert url in str(info.value)
+    assert f"{ORIGINAL}/metadata.csv" in str(info.value).replace("\\", "/")
     assert list((tmp_path / "data").iterdir()) == []

@@ -1,7 +1,8 @@
-"""Fits SAMClassifier on two CPU processes (DDP, gloo) and saves rank zero's parameters; run by test_ddp.py.
+"""Fits SAMClassifier on two CPU processes (DDP, gloo) and saves rank zero's parameters.
 
-Each rank reads its own shard through a non-shuffling DistributedSampler, so that the two processes together see
-exactly the global batches a one-process run sees.
+test_sam_classifier_ddp.py runs ``python -m tests.lightning_sam.ddp_fit <out>`` from the repository root. Each rank
+reads its own shard through a non-shuffling DistributedSampler, so that the two processes together see exactly the
+global batches a one-process run sees.
 """
 
 import sys
@@ -13,7 +14,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_sam import SAMClassifier
 from lightning_sam.bodies import TwoBranchMLP
-from lightning_sam.datamodules import FeatureTensorDataset
+from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
+from tests import tiny
 
 RUNS = {"lsam-global": ("lsam", "global"), "sam-global": ("sam", "global"), "sam-local": ("sam", "local")}
 PER_DEVICE_BATCH, STEPS = 8, 4
@@ -34,16 +36,13 @@ def make_model(optimizer: str, perturbation: str) -> SAMClassifier:
 
 
 def trainer(devices: int) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
+    return tiny.trainer(
+        None,
+        max_epochs=None,
+        max_steps=STEPS,
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         use_distributed_sampler=False,
-        max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
     )
 

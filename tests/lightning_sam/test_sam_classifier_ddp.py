@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import ddp_fit  # noqa: E402
+from tests.lightning_sam import ddp_fit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,12 @@ def two_process_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, str(HERE / "ddp_fit.py"), str(out)], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "tests.lightning_sam.ddp_fit", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return out

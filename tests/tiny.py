@@ -1,11 +1,19 @@
-"""Tiny modules and data for the callback tests: a plain LightningModule and a two-feature datamodule."""
+"""Tiny modules, data, Trainers and callbacks shared by the tests, after Lightning's ``BoringModel``.
+
+A plain LightningModule that knows nothing of SAM, a two-feature datamodule, a CPU Trainer factory, a callback that
+pre-empts a run, and a snapshot of everything a callback must leave alone. ``tests/conftest.py`` serves the first
+three as fixtures.
+"""
+
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_sam.datamodules import FeatureDataModule, FeatureTensorDataset
+from lightning_sam.datamodules import FeatureDataModule
+from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
 
 
 class TinyClassifier(pl.LightningModule):
@@ -65,7 +73,8 @@ class TwoFeatureDataModule(FeatureDataModule):
         self.probe_test_dataset = two_feature_split(self.n, g, correlated=False)
 
 
-def trainer(tmp_path, max_epochs: int = 2, **kwargs) -> pl.Trainer:
+def trainer(root: str | Path | None, max_epochs: int | None = 2, **kwargs) -> pl.Trainer:
+    """A CPU Trainer writing under ``root``: no logger, checkpoints, progress bar or sanity check unless asked."""
     options = dict(
         accelerator="cpu",
         max_epochs=max_epochs,
@@ -73,11 +82,22 @@ def trainer(tmp_path, max_epochs: int = 2, **kwargs) -> pl.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=tmp_path,
+        default_root_dir=root,
         num_sanity_val_steps=0,
     )
     options.update(kwargs)
     return pl.Trainer(**options)
+
+
+class Preempted(pl.Callback):
+    """Ends a run after ``epochs`` epochs, as a pre-empted job would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 def snapshot(module: nn.Module) -> dict:

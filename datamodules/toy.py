@@ -79,6 +79,7 @@ class ToyDataModule(FeatureDataModule):
     num_classes = 2
     feature_names = ("easy", "hard")
     num_groups = 4  # 2 y + easy label
+    reads_root = False
 
     def __init__(
         self,
@@ -98,14 +99,19 @@ class ToyDataModule(FeatureDataModule):
         super().__init__(root, batch_size, num_workers, seed)
         for name, n in (("n_train", n_train), ("n_val", n_val), ("n_probe", n_probe)):
             if n < 2:
-                raise ValueError(f"{name} must be >= 2, got {n}")
+                raise ValueError(f"{type(self).__name__}: {name} must be >= 2, got {n}")
         if not turns > 0:
-            raise ValueError(f"turns must be > 0, got {turns}")
+            raise ValueError(f"{type(self).__name__}: turns must be > 0, got {turns}")
         if sigma_easy < 0 or sigma_hard < 0:
-            raise ValueError(f"sigma_easy and sigma_hard must be >= 0, got {sigma_easy}, {sigma_hard}")
+            raise ValueError(
+                f"{type(self).__name__}: sigma_easy and sigma_hard must be >= 0, got {sigma_easy}, {sigma_hard}"
+            )
         self.n_train, self.n_val, self.n_probe = n_train, n_val, n_probe
         if not 0 <= easy_spread < 1:
-            raise ValueError(f"easy_spread must be in [0, 1) (1 would let easy margins reach 0), got {easy_spread}")
+            raise ValueError(
+                f"{type(self).__name__}: easy_spread must be in [0, 1) (1 would let easy margins reach 0), "
+                f"got {easy_spread}"
+            )
         self.turns, self.mu, self.sigma_easy, self.sigma_hard = turns, mu, sigma_easy, sigma_hard
         self.easy_spread = easy_spread
 

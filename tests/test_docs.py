@@ -173,7 +173,7 @@ def test_no_issue_numbers_in_docstrings_or_comments() -> None:
 @pytest.mark.parametrize(
     ("line", "bad"),
     [
-        pytest.param("Layouts (see ``docs/data_formats.md``)", "docs/data_formats.md", id="prefixed"),
+        pytest.param("Layouts (see ``docs/data_formatz.md``)", "docs/data_formatz.md", id="prefixed"),
         pytest.param("docs/method.md section 9 and docs/nope.md.", "docs/nope.md", id="sentence-end"),
         pytest.param("![figure](docs/toy_figures/missing.png)", "docs/toy_figures/missing.png", id="figure"),
     ],

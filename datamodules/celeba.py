@@ -21,7 +21,7 @@ import csv
 import difflib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +31,7 @@ from torchvision.datasets import CelebA as TorchvisionCelebA
 from typing_extensions import override
 
 from lightning_sam.datamodules._download import DownloadError, count_files, extract_archive, file_md5
+from lightning_sam.datamodules._split_listing import first_rows
 from lightning_sam.datamodules.grouped_image_datamodule import GroupedImageDataModule, GroupedImageTable
 
 TORCHVISION_FOLDER = "celeba"
@@ -38,6 +39,14 @@ WILDS_FOLDER = "celebA_v1.0"
 IMAGE_FOLDER = "img_align_celeba"
 # (Google Drive file id, md5, file name), as torchvision downloads them
 CELEBA_FILES: tuple[tuple[str, str, str], ...] = tuple(tuple(entry) for entry in TorchvisionCelebA.file_list)
+# line 2 of list_attr_celeba.txt in every release: the 40 attribute names, in column order
+CELEBA_ATTRIBUTES = (  # noqa: SIM905 (the header line verbatim, as released)
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
+    "Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones "
+    "Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
+    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
+    "Wearing_Necklace Wearing_Necktie Young"
+).split()
 # short feature names of the standard task; other attributes are named by their lower-cased attribute name
 FEATURE_NAMES = {"Blond_Hair": "hair", "Male": "gender"}
 PARTITION_CODES = (0, 1, 2)
@@ -107,7 +116,11 @@ class CelebADataModule(GroupedImageDataModule):
             probe_per_group=probe_per_group,
         )
         if target == spurious:
-            raise ValueError(f"target and spurious must be different attributes, both are {target!r}")
+            raise ValueError(
+                f"{type(self).__name__}: target and spurious must be different attributes, both are {target!r}"
+            )
+        for attribute, role in ((target, "target"), (spurious, "spurious")):
+            _attribute_column(CELEBA_ATTRIBUTES, attribute, role, None)  # every release has these 40 columns
         self.target = target
         self.spurious = spurious
         self.feature_names = (FEATURE_NAMES.get(target, target.lower()), FEATURE_NAMES.get(spurious, spurious.lower()))
@@ -241,7 +254,8 @@ def read_attributes(path: Path) -> tuple[list[str], dict[str, list[int]]]:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: a malformed header or row, or a value other than -1/1.
+        ValueError: a malformed header or row, a value other than -1/1, or an image listed twice with different
+            values (identical duplicate rows are dropped with a warning).
     """
     rows = _rows(path)
     declared: int | None = None  # the txt file's count line
@@ -258,7 +272,7 @@ def read_attributes(path: Path) -> tuple[list[str], dict[str, list[int]]]:
         _, names = next(rows, (2, []))
     if not names:
         raise ValueError(f"{path}: no attribute names in the header")
-    attributes: dict[str, list[int]] = {}
+    files, lines, values = [], [], []
     for line, fields in rows:
         if len(fields) != len(names) + 1:
             raise ValueError(
@@ -266,7 +280,10 @@ def read_attributes(path: Path) -> tuple[list[str], dict[str, list[int]]]:
             )
         if any(v not in ("-1", "1") for v in fields[1:]):
             raise ValueError(f"{path}, line {line}: attribute values must be -1 or 1, got {fields[1:]}")
-        attributes[fields[0]] = [int(v) for v in fields[1:]]
+        files.append(fields[0])
+        lines.append(line)
+        values.append(tuple(int(v) for v in fields[1:]))
+    attributes = {files[i]: list(values[i]) for i in first_rows(path, files, lines, values=values)}
     if declared is not None and declared != len(attributes):
         rank_zero_warn(
             f"{path}: the count line says {declared} images but {len(attributes)} rows follow; using the rows."
@@ -282,14 +299,15 @@ def read_partition(path: Path) -> dict[str, int]:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: a malformed row or an unknown partition code.
+        ValueError: a malformed row, an unknown partition code, or an image listed in two partitions (identical
+            duplicate rows are dropped with a warning).
     """
     rows = _rows(path)
     if path.suffix == ".csv":
         _, header = next(rows, (1, []))
         if header[:2] != ["image_id", "partition"]:
             raise ValueError(f"{path}: the header must be 'image_id,partition', got {','.join(header)!r}")
-    partition: dict[str, int] = {}
+    files, lines, codes = [], [], []
     for line, fields in rows:
         if len(fields) != 2:
             raise ValueError(f"{path}, line {line}: expected '<file> <partition>', got {fields}")
@@ -297,16 +315,18 @@ def read_partition(path: Path) -> dict[str, int]:
             raise ValueError(
                 f"{path}, line {line}: unknown partition code {fields[1]!r}; expected 0 (train), 1 (valid) or 2 (test)."
             )
-        partition[fields[0]] = int(fields[1])
-    return partition
+        files.append(fields[0])
+        lines.append(line)
+        codes.append(int(fields[1]))
+    return {files[i]: codes[i] for i in first_rows(path, files, lines, splits=codes)}
 
 
-def _attribute_column(names: list[str], attribute: str, role: str, folder: Path) -> int:
+def _attribute_column(names: Sequence[str], attribute: str, role: str, folder: Path | None) -> int:
     if attribute in names:
-        return names.index(attribute)
+        return list(names).index(attribute)
     close = difflib.get_close_matches(attribute, names, n=3)
     hint = f" Did you mean {close}?" if close else ""
+    where = "no CelebA release has such a column" if folder is None else f"the attribute file in {folder} has none"
     raise ValueError(
-        f"unknown CelebA attribute {attribute!r} for {role} (the attribute file in {folder} has no such column).{hint} "
-        f"Known attributes: {', '.join(names)}."
+        f"unknown CelebA attribute {attribute!r} for {role} ({where}).{hint} Known attributes: {', '.join(names)}."
     )

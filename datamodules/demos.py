@@ -21,6 +21,9 @@ import hashlib
 import pickle
 import random
 import struct
+import tarfile
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +31,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
+from lightning_sam.datamodules.celeba import CELEBA_ATTRIBUTES as _CELEBA_ATTRIBUTES
 from lightning_sam.datamodules.domainbed import DATASETS
 
 if TYPE_CHECKING:
@@ -88,15 +92,86 @@ def write_tiny_waterbirds(
     return folder
 
 
+def write_tarball(
+    archive: str | Path,
+    folder: str | Path,
+    top: str,
+    symlinks: Mapping[str, str] | None = None,
+    hardlinks: Mapping[str, str] | None = None,
+) -> Path:
+    """Packs ``folder`` as ``top/...`` into the tar (gzip when the name ends ``.gz``) ``archive``, plus link members.
+
+    The extra members are what a hostile or broken archive holds: ``symlinks`` maps a member name to a symlink
+    target (relative to the link's folder), ``hardlinks`` a member name to a hard link target (relative to the
+    archive root), e.g. ``{f"{top}/y": ".."}``, which escapes the destination once ``top`` is stripped.
+
+    Returns:
+        ``archive``.
+    """
+    archive = Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz" if archive.name.endswith(".gz") else "w") as tf:
+        tf.add(folder, arcname=top)
+        for links, kind in ((symlinks or {}, tarfile.SYMTYPE), (hardlinks or {}, tarfile.LNKTYPE)):
+            for name, target in links.items():
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = kind, target
+                tf.addfile(info)
+    return archive
+
+
+def write_tiny_waterbirds_tarball(
+    archive: str | Path, symlinks: Mapping[str, str] | None = None, hardlinks: Mapping[str, str] | None = None
+) -> Path:
+    """Writes the tiny Waterbirds as the release's tarball (top folder ``waterbird_complete95_forest2water2/``).
+
+    Args:
+        archive: the ``.tar.gz`` to write; the images are staged in a sibling folder ``<archive>.source/``.
+        symlinks: extra symlink members (see :func:`write_tarball`), e.g. a hostile one.
+        hardlinks: extra hard link members.
+
+    Returns:
+        ``archive``.
+    """
+    archive = Path(archive)
+    folder = write_tiny_waterbirds(archive.with_name(archive.name + ".source"))
+    return write_tarball(archive, folder, folder.name, symlinks, hardlinks)
+
+
+def damage_file(path: str | Path, how: Literal["garbage", "truncated", "empty", "huge"]) -> Path:
+    """Damages a file the way real downloads and disks do, for tests of the error messages.
+
+    ``garbage`` replaces it with bytes that are no image (or idx/pickle) format; ``truncated`` keeps its first half
+    (for a JPEG, the headers but not all the pixel data); ``empty`` leaves 0 bytes; ``huge`` replaces an image with
+    a 1-bit PNG header declaring 14000 x 14000 pixels (196 M, more than twice PIL's default
+    ``Image.MAX_IMAGE_PIXELS``) and no pixel data: what a "decompression bomb" looks like to ``Image.open``.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    data = path.read_bytes() if path.exists() else b""
+    if how == "garbage":
+        path.write_bytes(b"<html>Google Drive quota exceeded</html>\n" * 4)
+    elif how == "truncated":
+        path.write_bytes(data[: max(1, len(data) // 2)])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "huge":
+
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        header = struct.pack(">IIBBBBB", 14000, 14000, 1, 0, 0, 0, 0)  # width, height, 1 bit, grey
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    else:
+        raise ValueError(f"how must be 'garbage', 'truncated', 'empty' or 'huge', got {how!r}")
+    return path
+
+
 # line 2 of list_attr_celeba.txt as released: the 40 attribute names
-CELEBA_HEADER = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
-    "Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones "
-    "Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
-    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
-    "Wearing_Necklace Wearing_Necktie Young"
-)
-CELEBA_ATTRIBUTES = CELEBA_HEADER.split()
+CELEBA_ATTRIBUTES = list(_CELEBA_ATTRIBUTES)
+CELEBA_HEADER = " ".join(CELEBA_ATTRIBUTES)
 # (Blond_Hair, Male) group sizes per partition, group order 2 * blond + male; blond males are the rarest
 TINY_CELEBA_COUNTS = {0: (6, 5, 4, 2), 1: (3, 3, 2, 2), 2: (3, 3, 2, 2)}
 _LANDMARKS = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -33,7 +32,13 @@ from torch.utils.data import DataLoader
 from torchvision.datasets.utils import download_file_from_google_drive
 from typing_extensions import override
 
-from lightning_sam.datamodules._download import DownloadError, download_url, extract_archive
+from lightning_sam.datamodules._download import (
+    DownloadError,
+    download_url,
+    extract_archive,
+    require_writable,
+    temporary_folder,
+)
 from lightning_sam.datamodules._transforms import IMAGENET_SIZE, image_transform
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
 from lightning_sam.datamodules.image_feature_dataset import ImageFeatureDataset
@@ -172,16 +177,16 @@ class DomainBedDataModule(FeatureDataModule):
     ) -> None:
         super().__init__(root, batch_size, num_workers, seed)
         if dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+            raise ValueError(f"{type(self).__name__}: dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         spec = DATASETS[dataset]
         if test_domain is not None and test_domain not in spec.domains:
             raise ValueError(
                 f"test_domain {test_domain!r} is not a domain of {dataset}; valid test domains: {list(spec.domains)}"
             )
         if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+            raise ValueError(f"{type(self).__name__}: holdout_fraction must be in (0, 1), got {holdout_fraction}")
         if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+            raise ValueError(f"{type(self).__name__}: image_size must be >= 1, got {image_size}")
         self.dataset, self.test_domain, self.holdout_fraction = dataset, test_domain, holdout_fraction
         self.image_size, self.augment, self.download = image_size, augment, download
         self.num_classes = spec.num_classes
@@ -341,8 +346,8 @@ class DomainBedDataModule(FeatureDataModule):
 
     def _download(self) -> None:
         spec, name = self.spec, type(self).__name__
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}.partial-", dir=self.root))
+        require_writable(self.root)
+        staging = temporary_folder(self.root, spec.folder, ".partial")
         try:
             archives = []
             for archive in spec.archives:

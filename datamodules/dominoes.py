@@ -35,9 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, VisionDataset
+from torchvision.datasets.utils import check_integrity
 from typing_extensions import override
 
 from lightning_sam.batch import FeatureBatch
+from lightning_sam.datamodules._download import require_writable, temporary_folder
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
 from lightning_sam.functional.linear_probe import held_out_split
 
@@ -54,6 +56,43 @@ SOURCE_SIZES: dict[str, tuple[int, int]] = {
     "cifar": (50_000, 10_000),
 }
 _CACHE_VERSION = 1
+# torchvision's raw MNIST/FashionMNIST files: (name, number of dimensions); images (N, 28, 28), labels (N,)
+IDX_FILES = (
+    ("train-images-idx3-ubyte", 3),
+    ("train-labels-idx1-ubyte", 1),
+    ("t10k-images-idx3-ubyte", 3),
+    ("t10k-labels-idx1-ubyte", 1),
+)
+
+
+def idx_file_problem(path: Path, ndim: int) -> str | None:
+    """Why ``path`` is not a uint8 idx file of ``ndim`` dimensions whose size matches its header (``None``: it is).
+
+    torchvision reads these files with bare ``assert`` statements; this says what is wrong instead.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "labels"
+        >>> _ = p.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 3]))
+        >>> idx_file_problem(p, 1) is None, idx_file_problem(p, 3)
+        (True, 'its header declares 1 dimensions, expected 3')
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if size == 0:
+        return "it is empty"
+    if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08:
+        return f"it does not start with the idx magic number 0x000008 (got {header[:3].hex() or 'nothing'})"
+    if header[3] != ndim:
+        return f"its header declares {header[3]} dimensions, expected {ndim}"
+    if len(header) < 4 + 4 * ndim:
+        return "its header is cut short"
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
+    if size != expected:
+        return f"it holds {size} bytes but its header ({' x '.join(map(str, dims))}) needs {expected}: truncated?"
+    return None
 
 
 def correlated_labels(y: Tensor, p: float, num_classes: int, generator: torch.Generator) -> Tensor:
@@ -185,20 +224,24 @@ class DominoesDataModule(FeatureDataModule):
         super().__init__(root, batch_size, num_workers, seed)
         for name, source in (("spurious", spurious), ("core", core)):
             if source not in SOURCES:
-                raise ValueError(f"{name} must be one of {sorted(SOURCES)}, got {source!r}")
+                raise ValueError(f"{type(self).__name__}: {name} must be one of {sorted(SOURCES)}, got {source!r}")
         if spurious == core:
-            raise ValueError(f"spurious and core must be different sources, both are {core!r}")
+            raise ValueError(f"{type(self).__name__}: spurious and core must be different sources, both are {core!r}")
         pairs = [(int(a), int(b)) for a, b in class_pairs]
         if len(pairs) < 2:
-            raise ValueError(f"class_pairs needs at least two (spurious, core) pairs, got {pairs}")
+            raise ValueError(
+                f"{type(self).__name__}: class_pairs needs at least two (spurious, core) pairs, got {pairs}"
+            )
         for position in (0, 1):
             classes = [pair[position] for pair in pairs]
             if len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) > 9:
-                raise ValueError(f"class_pairs must use distinct classes in 0..9 for each source, got {pairs}")
+                raise ValueError(
+                    f"{type(self).__name__}: class_pairs must use distinct classes in 0..9 for each source, got {pairs}"
+                )
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+            raise ValueError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ValueError(f"{type(self).__name__}: val_fraction must be in (0, 1), got {val_fraction}")
         self.spurious, self.core, self.class_pairs = spurious, core, pairs
         self.p, self.spurious_on_top, self.val_fraction, self.download = p, spurious_on_top, val_fraction, download
         self.num_classes = len(pairs)
@@ -224,6 +267,7 @@ class DominoesDataModule(FeatureDataModule):
     def prepare_data(self) -> None:
         if self.cache_path.exists():  # the cache holds every image it needs: the sources are not read again
             return
+        require_writable(self.cache_path.parent, purpose="the dominoes cache cannot be written")
         for source in (self.spurious, self.core):
             self._ensure_source(source)
         self._write_cache(self._build())
@@ -255,15 +299,47 @@ class DominoesDataModule(FeatureDataModule):
         self.probe_train_dataset = dataset("probe_train", "train")
         self.probe_test_dataset = dataset("probe_test", "test")
 
+    def _source_problem(self, source: str) -> str | None:
+        """The first file of ``source`` found on disk that is damaged, and how (torchvision only says "corrupted")."""
+        folder = self.root / SOURCE_FOLDERS[source]
+        if source == "cifar":
+            for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]:
+                path = folder / name
+                if path.is_file() and not check_integrity(str(path), md5):
+                    return f"{path} fails its md5 check (expected {md5}): it is corrupt or from another release"
+            return None
+        counts = {}
+        for name, ndim in IDX_FILES:
+            path = folder / "raw" / name
+            if not path.is_file():
+                continue
+            problem = idx_file_problem(path, ndim)
+            if problem is not None:
+                return f"{path} is not a valid idx file: {problem}"
+            with open(path, "rb") as f:
+                counts[name] = int.from_bytes(f.read(8)[4:], "big")
+        for prefix in ("train", "t10k"):
+            images, labels = counts.get(f"{prefix}-images-idx3-ubyte"), counts.get(f"{prefix}-labels-idx1-ubyte")
+            if images is not None and labels is not None and images != labels:
+                return (
+                    f"{folder / 'raw' / f'{prefix}-images-idx3-ubyte'} holds {images} images but "
+                    f"{prefix}-labels-idx1-ubyte holds {labels} labels: they come from different releases"
+                )
+        return None
+
     def _ensure_source(self, source: str) -> None:
         """Checks that torchvision can read ``source`` under ``root``, downloading it first if allowed."""
         cls, folder = SOURCES[source], self.root / SOURCE_FOLDERS[source]
-        try:
-            for train in (True, False):
-                cls(str(self.root), train=train)
-            return
-        except RuntimeError as error:
-            problem = str(error)
+        # the idx headers are checked first (torchvision asserts on them); CIFAR's md5s only once torchvision fails
+        problem = self._source_problem(source) if source != "cifar" else None
+        if problem is None:
+            try:
+                for train in (True, False):
+                    cls(str(self.root), train=train)
+                return
+            except (RuntimeError, AssertionError, ValueError, OSError, EOFError) as error:
+                # RuntimeError: missing or md5-failed files; the others: torchvision's asserts and readers on bad bytes
+                problem = self._source_problem(source) or str(error) or type(error).__name__
         manual = (
             f'To fetch it by hand, run `python -c "from torchvision.datasets import {cls.__name__}; '
             f"{cls.__name__}('{self.root}', download=True)\"` on a machine with internet access and copy "
@@ -272,15 +348,15 @@ class DominoesDataModule(FeatureDataModule):
         if folder.exists():
             raise RuntimeError(
                 f"{type(self).__name__}: {folder} exists but torchvision cannot read it ({problem}). It is incomplete "
-                f"or corrupt: move it away and let download=True fetch it again. {manual}"
+                f"or corrupt: delete {folder} and run again with download=True to fetch it afresh. {manual}"
             )
         if not self.download:
             raise FileNotFoundError(
                 f"{type(self).__name__}: {source} not found under {self.root} and download=False. Pass "
                 f"download=True, or point root at the folder that holds {folder.name}/. {manual}"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=self.root))
+        require_writable(self.root)
+        staging = temporary_folder(self.root, folder.name, ".partial")
         try:
             try:
                 for train in (True, False):

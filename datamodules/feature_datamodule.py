@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_sam.datamodules._seeded_epoch_sampler import SeededEpochSampler
+from lightning_sam.datamodules.image_feature_dataset import UnreadableImageError, unreadable_images
 
 
 class FeatureDataModule(pl.LightningDataModule):
@@ -33,14 +34,21 @@ class FeatureDataModule(pl.LightningDataModule):
     num_classes: int
     feature_names: tuple[str, ...]
     num_groups: int = 0  # 0: the dataset defines no groups (batch.group is -1)
+    reads_root: bool = True  # False for generated data, whose root is unused
 
     def __init__(self, root: str | Path = "data", batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        name = type(self).__name__
+        if isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"{name}: batch_size must be >= 1 (examples per batch), got {batch_size!r}")
+        if isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"{name}: num_workers must be >= 0 (0 loads in the main process), got {num_workers!r}")
         self.root = Path(root).expanduser()
+        if self.reads_root and self.root.exists() and not self.root.is_dir():
+            raise ValueError(
+                f"{name}: root={str(root)!r} is a file, not a folder. Pass the folder that holds (or will receive) "
+                f"the dataset, e.g. --data.init_args.root {self.root.parent}"
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -79,6 +87,37 @@ class FeatureDataModule(pl.LightningDataModule):
             self._loader(self.probe_train_dataset, "probe_train_dataset"),
             self._loader(self.probe_test_dataset, "probe_test_dataset"),
         )
+
+    def check_files(self, num_threads: int = 4) -> int:
+        """Reads every image file of every split once and reports all unreadable ones together, before training.
+
+        Builds the splits first (``setup``) if needed; ``prepare_data`` (the download) is the caller's to run.
+        Datasets held in memory (generated, or cached tensors) have no files: ``setup`` has already read them.
+
+        Args:
+            num_threads: files decoded at once.
+
+        Returns:
+            The number of image files checked.
+
+        Raises:
+            UnreadableImageError: one or more files are corrupt, truncated, empty, not images, or larger than
+                PIL's decompression-bomb limit; the message lists every one with the reason and the fix.
+        """
+        if self.train_dataset is None:
+            self.setup("fit")
+        splits = (self.train_dataset, self.val_dataset, self.test_dataset)
+        probes = (self.probe_train_dataset, self.probe_test_dataset)
+        files = sorted({Path(f) for ds in (*splits, *probes) for f in getattr(ds, "files", ())})
+        bad = unreadable_images(files, num_threads)
+        if bad:
+            listing = "\n".join(f"  {why}" for _, why in bad)
+            raise UnreadableImageError(
+                f"{type(self).__name__}: {len(bad)} of the {len(files)} image files under {self.root} cannot be "
+                f"read:\n{listing}\nReplace them with the release's files (or delete the dataset folder and get it "
+                "again) before training."
+            )
+        return len(files)
 
     def train_group_counts(self) -> Tensor:
         """``(num_groups,)`` example counts of the training split, for the training-weighted average accuracy."""

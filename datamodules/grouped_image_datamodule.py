@@ -17,12 +17,12 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_sam.datamodules._download import require_writable
 from lightning_sam.datamodules._group_balanced_indices import group_balanced_indices
+from lightning_sam.datamodules._split_listing import SPLIT_NAMES
 from lightning_sam.datamodules._transforms import image_transform
 from lightning_sam.datamodules.feature_datamodule import FeatureDataModule
 from lightning_sam.datamodules.image_feature_dataset import ImageFeatureDataset
-
-SPLIT_NAMES = ("train", "val", "test")  # split codes 0, 1, 2 in both CelebA and Waterbirds metadata
 
 
 @dataclass
@@ -87,11 +87,11 @@ class GroupedImageDataModule(FeatureDataModule):
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, seed=seed)
         if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+            raise ValueError(f"{type(self).__name__}: image_size must be >= 1, got {image_size}")
         if probe_source not in ("train", "val"):
-            raise ValueError(f"probe_source must be 'train' or 'val', got {probe_source!r}")
+            raise ValueError(f"{type(self).__name__}: probe_source must be 'train' or 'val', got {probe_source!r}")
         if probe_per_group is not None and probe_per_group < 1:
-            raise ValueError(f"probe_per_group must be >= 1 or None, got {probe_per_group}")
+            raise ValueError(f"{type(self).__name__}: probe_per_group must be >= 1 or None, got {probe_per_group}")
         self.download = download
         self.image_size = image_size
         self.augment = augment
@@ -113,6 +113,7 @@ class GroupedImageDataModule(FeatureDataModule):
     @override
     def prepare_data(self) -> None:
         if self.download and self.find_folder() is None:
+            require_writable(self.root)
             self.download_dataset()
 
     @override

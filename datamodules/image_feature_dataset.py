@@ -1,8 +1,14 @@
-"""A dataset of image files with per-example labels, feature labels and groups, read lazily from disk."""
+"""A dataset of image files with per-example labels, feature labels and groups, read lazily from disk.
+
+An image that cannot be read (corrupt, truncated, empty, not an image, or larger than PIL's decompression-bomb
+limit) raises :class:`UnreadableImageError` naming the file and what to do, instead of PIL's bare error from deep
+inside a DataLoader worker; :func:`unreadable_images` reads a whole list once and reports every such file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -11,6 +17,77 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_sam.batch import FeatureBatch
+
+
+class UnreadableImageError(RuntimeError):
+    """An image file could not be decoded; the message names the file(s) and the fix."""
+
+
+def _describe(path: Path, error: BaseException) -> str:
+    """Why ``path`` cannot be read, in words, with what to do about it."""
+    if isinstance(error, Image.DecompressionBombError):
+        return (
+            f"{path}: {error} PIL refuses images over twice PIL.Image.MAX_IMAGE_PIXELS (now {Image.MAX_IMAGE_PIXELS}), "
+            "its guard against 'decompression bomb' files; replace it with the release's file, or, if you trust it, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS before training"
+        )
+    size = path.stat().st_size if path.is_file() else None
+    what = (
+        "it is empty (0 bytes)"
+        if size == 0
+        else f"it is corrupt, truncated or not an image ({type(error).__name__}: {error})"
+    )
+    return f"{path}: {what}; replace it with the release's file (or delete the dataset folder and get it again)"
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` as a fully decoded RGB PIL image.
+
+    Raises:
+        UnreadableImageError: the file is corrupt, truncated, empty, not an image, or a "decompression bomb";
+            the message names the file and the fix.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # decodes every pixel: a truncated file fails here, not later
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL raises OSError (UnidentifiedImageError, "image file is truncated"), SyntaxError (bad PNG chunks) or
+        # ValueError for broken files; DecompressionBombError above twice MAX_IMAGE_PIXELS (a warning below that)
+        raise UnreadableImageError(f"Cannot read image {_describe(Path(path), e)}.") from e
+
+
+def unreadable_images(files: Iterable[Path], num_threads: int = 1) -> list[tuple[Path, str]]:
+    """Reads every file once and returns ``(path, reason)`` for each that cannot be decoded, in input order.
+
+    Args:
+        files: the image files.
+        num_threads: files decoded at once (decoding releases the GIL; reading is I/O bound).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (4, 4)).save(d / "good.png")
+        >>> _ = (d / "bad.jpg").write_bytes(b"not a jpeg")
+        >>> [(p.name, "corrupt" in why) for p, why in unreadable_images([d / "good.png", d / "bad.jpg"])]
+        [('bad.jpg', True)]
+    """
+
+    def problem(path: Path) -> str | None:
+        try:
+            load_rgb(path)
+        except (UnreadableImageError, OSError) as e:
+            return str(e)
+        return None
+
+    files = list(files)
+    if num_threads > 1:
+        with ThreadPoolExecutor(num_threads) as pool:
+            problems = list(pool.map(problem, files))
+    else:
+        problems = [problem(p) for p in files]
+    return [(p, why) for p, why in zip(files, problems) if why is not None]
 
 
 class ImageFeatureDataset(Dataset[FeatureBatch]):
@@ -53,8 +130,7 @@ class ImageFeatureDataset(Dataset[FeatureBatch]):
         return len(self.files)
 
     def __getitem__(self, index: int) -> FeatureBatch:
-        with Image.open(self.files[index]) as image:
-            rgb = image.convert("RGB")
+        rgb = load_rgb(self.files[index])
         x = self.transform(rgb) if self.transform is not None else _to_tensor(rgb)
         return FeatureBatch(x, self.y[index], self.features[index], self.group[index])
 

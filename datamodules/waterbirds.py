@@ -12,6 +12,7 @@ by its split sizes, training group counts and image count before it is moved int
 from __future__ import annotations
 
 import csv
+import posixpath
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ import torch
 from typing_extensions import override
 
 from lightning_sam.datamodules._download import DownloadError, download_url, extract_archive
+from lightning_sam.datamodules._split_listing import first_rows
 from lightning_sam.datamodules.grouped_image_datamodule import SPLIT_NAMES, GroupedImageDataModule, GroupedImageTable
 
 WATERBIRDS_URL = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"
@@ -133,7 +135,9 @@ def read_waterbirds_metadata(folder: Path) -> GroupedImageTable:
 
     Raises:
         FileNotFoundError: ``metadata.csv`` or listed images are missing.
-        ValueError: a column is missing, or a value of ``y``, ``split`` or ``place`` is not a known code.
+        ValueError: a column is missing, a value of ``y``, ``split`` or ``place`` is not a known code, or an image is
+            listed in two splits or twice with different labels (identical duplicate rows are dropped with a
+            warning).
     """
     path = folder / "metadata.csv"
     if not path.is_file():
@@ -150,14 +154,18 @@ def read_waterbirds_metadata(folder: Path) -> GroupedImageTable:
                 f"{path} lacks column(s) {missing}; its header is {columns}, expected "
                 "img_id,img_filename,y,split,place,place_filename. Use the original or WILDS metadata.csv."
             )
-        files, y, split, place = [], [], [], []
+        names, lines, y, split, place = [], [], [], [], []
         for line, row in enumerate(reader, start=2):
-            files.append(folder / row["img_filename"])
+            names.append(posixpath.normpath((row["img_filename"] or "").strip().replace("\\", "/")))
+            lines.append(line)
             y.append(_code(row, "y", (0, 1), path, line))
             split.append(_code(row, "split", (0, 1, 2), path, line))
             place.append(_code(row, "place", (0, 1), path, line))
-    if not files:
+    if not names:
         raise ValueError(f"{path} lists no images.")
+    keep = first_rows(path, names, lines, split, values=list(zip(y, place)))
+    files = [folder / names[i] for i in keep]
+    y, split, place = [y[i] for i in keep], [split[i] for i in keep], [place[i] for i in keep]
     absent = [p for p in files if not p.is_file()]
     if absent:
         shown = ", ".join(str(p.relative_to(folder)) for p in absent[:3])

@@ -40,7 +40,7 @@ def test_download_url_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     with pytest.raises(DownloadError, match=r"Checksum mismatch.*src.bin.*To fix"):
         download_url(src.as_uri(), out_dir / "copy.bin", md5="0" * 32)
-    assert list(out_dir.iterdir()) == []
+    assert not out_dir.exists()  # nor the folder it created for the file
 
 
 def test_download_url_unreachable_source_names_url_and_manual_steps(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_download_url_unreachable_source_names_url_and_manual_steps(tmp_path: Pa
         download_url(url, tmp_path / "out" / "x.tar.gz", instructions="fetch it from the mirror into data/")
     assert url in str(info.value)
     assert "fetch it from the mirror into data/" in str(info.value)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_extract_archive_strips_single_top_folder(tmp_path: Path) -> None:
@@ -145,3 +145,56 @@ def test_extract_archive_refuses_member_through_a_symlink(tmp_path: Path) -> Non
         extract_archive(archive, tmp_path / "data" / "out")
     assert not (tmp_path / "evil").exists()
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_extract_archive_refuses_a_link_that_escapes_once_the_top_folder_is_stripped(tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tf:
+        data = tarfile.TarInfo("top/a.txt")
+        data.size = 1
+        tf.addfile(data, io.BytesIO(b"a"))
+        link = tarfile.TarInfo("top/y")  # inside top/ while top/ exists; dest/.. once top/ is stripped
+        link.type, link.linkname = tarfile.SYMTYPE, ".."
+        tf.addfile(link)
+    with pytest.raises(ValueError, match=r"'top/y'.*'\.\.'.*once its top folder is stripped"):
+        extract_archive(archive, tmp_path / "data" / "top", strip_top_folder=True)
+    assert not (tmp_path / "data").exists()
+    # without stripping the same link stays inside the target folder
+    dest = extract_archive(archive, tmp_path / "kept")
+    assert (dest / "top" / "y").resolve() == dest.resolve()
+
+
+def test_extract_archive_removes_a_dead_process_extracting_folder_and_spares_a_live_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from lightning_sam.datamodules._download import _owner_tag
+
+    host = _owner_tag().rpartition("-")[0]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".top.{host}-{gone.stdout.strip()}.abc123.extracting"  # a kill -9 mid-extraction
+    (dead / "top").mkdir(parents=True)
+    (dead / "top" / "half.bin").write_bytes(b"x")
+    live = tmp_path / f".top.{_owner_tag()}.def456.extracting"  # another extraction in progress
+    live.mkdir()
+    archive = _tar_gz(tmp_path / "a.tar.gz", {"top/a.txt": b"a"})
+    extract_archive(archive, tmp_path / "top", strip_top_folder=True)
+    assert not dead.exists()
+    assert live.exists()
+    assert (tmp_path / "top" / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["022", "002"])
+def test_extracted_folder_and_downloaded_file_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    import os
+    import stat
+
+    archive = _tar_gz(tmp_path / "a.tar.gz", {"a.txt": b"a"})
+    old = os.umask(umask)
+    try:
+        dest = extract_archive(archive, tmp_path / "data")
+        copy = download_url(archive.as_uri(), tmp_path / "downloads" / "a.tar.gz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o666 & ~umask

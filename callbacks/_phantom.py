@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_sam.callbacks.evaluation_mode import evaluation_mode
 from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
-from lightning_sam.callbacks.representation import final_linear
+from lightning_sam.callbacks.representation import detect_head, final_linear, head_detected
 from lightning_sam.functional.importance import phantom_point
 from lightning_sam.functional.perturbation import PerturbationSpec, Scope
 
@@ -50,20 +50,26 @@ class PerturbationOverride:
         if self.eta is not None and not self.eta >= 0:
             raise ValueError(f"eta must be >= 0 or None (the model's own), got {self.eta}")
 
-    def resolve(self, model: nn.Module, callback: str) -> PerturbationSpec:
+    def resolve(self, model: nn.Module, callback: str, trainer: pl.Trainer | None = None) -> PerturbationSpec:
         """The model's declared phantom point with these arguments in its place.
 
         A model declaring ``perturbation_spec`` (``SAMClassifier``) gives everything; one declaring only ``rho``
-        and ``perturbation_scope`` gives those; otherwise ``rho`` must be passed and the scope defaults to ``"all"``.
+        and ``perturbation_scope`` gives those; for a model declaring neither, a callback of ``trainer`` declaring
+        ``perturbation_spec`` (``SharpnessAware``, which trains it) gives everything; otherwise ``rho`` must be
+        passed and the scope defaults to ``"all"``.
         """
+        training = [c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, PerturbedModel)]
         if isinstance(model, PerturbedModel):
             declared = model.perturbation_spec
         elif isinstance(model, DeclaresRho):
             declared = PerturbationSpec(rho=float(model.rho), scope=model.perturbation_scope)
+        elif training:
+            declared = training[0].perturbation_spec
         elif self.rho is None:
             raise ValueError(
-                f"{callback} needs the perturbation radius: pass {callback}(rho=0.05) (or the value you train with); "
-                f"{type(model).__name__} declares no `perturbation_spec` or `rho`."
+                f"{callback} needs the perturbation radius: pass {callback}(rho=0.05) (or the value you train with), "
+                f"or train with SharpnessAware(rho=...); {type(model).__name__} declares no `perturbation_spec` or "
+                "`rho`."
             )
         else:
             declared = PerturbationSpec(rho=self.rho)
@@ -105,9 +111,17 @@ class PhantomBatch(NamedTuple):
 
 
 def perturbed_parameter_names(model: nn.Module, spec: PerturbationSpec, head: str | None = None) -> list[str]:
-    """Names of the parameters the phantom point moves: the head's weight (and bias), or every trainable one."""
+    """Names of the parameters the phantom point moves.
+
+    The head's weight (and bias), every trainable one, or the trainable ones of the module ``spec.scope`` names.
+    """
     if spec.scope == "all":
         return [n for n, p in model.named_parameters() if p.requires_grad]
+    if spec.scope != "head":
+        module = dict(model.named_modules()).get(spec.scope)
+        if module is None:
+            raise ValueError(f"scope {spec.scope!r} names no module of {type(model).__name__}")
+        return [f"{spec.scope}.{n}" for n, p in module.named_parameters() if p.requires_grad]
     name, module = final_linear(model, head)
     names = [f"{name}.weight"]
     if spec.head_bias and module.bias is not None:
@@ -176,6 +190,35 @@ def gather_rows(trainer: pl.Trainer, index: Tensor, rows: Tensor) -> Tensor:
     all_index = trainer.strategy.all_gather(padded_index).flatten(0, 1)
     keep = all_index >= 0
     return all_rows[keep][all_index[keep].argsort()]
+
+
+def check_head(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    head: str | None,
+    batch_input: Callable[[Any], Tensor],
+    dataset: Dataset | None = None,
+) -> None:
+    """Finds (or, when named, validates) the model's head before the first measurement, on two training examples.
+
+    Raises the error of :func:`~lightning_sam.callbacks.representation.detect_head` when no ``nn.Linear`` produces
+    the model's output. Without a map-style training set (an iterable dataset) the last ``nn.Linear`` is assumed.
+    """
+    if head is not None:
+        final_linear(pl_module, head)
+        return
+    if head_detected(pl_module):
+        return  # another callback found it already: one forward per model
+    try:
+        dataset = _training_dataset(trainer, dataset)
+    except ValueError:
+        return
+    train_loader = trainer.train_dataloader
+    collate_fn = train_loader.collate_fn if isinstance(train_loader, DataLoader) else None
+    examples = [0, 1] if len(dataset) > 1 else [0]
+    loader = DataLoader(dataset, batch_sampler=[examples], collate_fn=collate_fn, generator=torch.Generator())
+    batch = move_data_to_device(next(iter(loader)), pl_module.device)
+    detect_head(pl_module, batch_input(batch))
 
 
 def _training_dataset(trainer: pl.Trainer, dataset: Dataset | None) -> Dataset:

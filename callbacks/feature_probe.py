@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_sam.callbacks._measurement import check_every_n_epochs, is_last_epoch, log_measurement, measurement_due
+from lightning_sam.callbacks._phantom import check_head
 from lightning_sam.callbacks.batch_fields import batch_features, batch_input
 from lightning_sam.callbacks.evaluation_mode import evaluation_mode
 from lightning_sam.callbacks.protocols import FeatureData
@@ -122,6 +123,15 @@ class FeatureProbe(Callback):
             self.feature_names = tuple(datamodule.feature_names)
         if self.probe_dataloaders is None:
             self.probe_dataloaders = datamodule.probe_dataloaders
+        loaders = self.probe_dataloaders() if callable(self.probe_dataloaders) else self.probe_dataloaders
+        features = getattr(loaders[0].dataset, "features", None)  # the labels, when held without the images
+        if isinstance(features, Tensor) and features.ndim == 2:
+            self._check_every_feature_varies(features)  # fail now, not after the first epoch
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.representation is None:  # the head's input: find the layer that produces the output, now
+            check_head(trainer, pl_module, None, self.batch_input)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -178,18 +188,22 @@ class FeatureProbe(Callback):
 
         return sharded_map(trainer, loader, rows, pl_module.device)
 
-    def _fit(
-        self, fit_x: Tensor, fit_f: Tensor, test_x: Tensor, test_f: Tensor
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-        probes, metrics = {}, {}
+    def _check_every_feature_varies(self, features: Tensor) -> None:
         for k, name in enumerate(self.feature_names or ()):
-            classes = torch.unique(fit_f[:, k])
+            classes = torch.unique(features[:, k])
             if len(classes) < 2:
                 raise ValueError(
                     f"FeatureProbe: feature {name!r} has a single class ({classes.tolist()}) in the probe-train "
                     "data, so no probe can be fitted: the probe split must vary every feature (decorrelated probe "
                     "data, docs/method.md section 6); drop the feature from feature_names or fix the probe split."
                 )
+
+    def _fit(
+        self, fit_x: Tensor, fit_f: Tensor, test_x: Tensor, test_f: Tensor
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+        probes, metrics = {}, {}
+        self._check_every_feature_varies(fit_f)
+        for k, name in enumerate(self.feature_names or ()):
             num_classes = int(max(fit_f[:, k].max(), test_f[:, k].max())) + 1
             probe = fit_linear_probe(fit_x, fit_f[:, k], num_classes, self.l2_grid, self.val_fraction, self.seed)
             acc = probe.accuracy(test_x, test_f[:, k])

@@ -1,6 +1,6 @@
 """Group robustness on validation and test: per-group, worst-group and training-weighted average accuracy.
 
-Groups as in METHOD.md section 7 (``batch.group``; ``-1`` examples are ignored). Logged at the end of every
+Groups as in docs/method.md section 7 (``batch.group``; ``-1`` examples are ignored). Logged at the end of every
 validation and test epoch, synced across processes: ``<stage>/group_<g>/acc`` for every group with examples,
 ``<stage>/worst_group_acc``, and ``<stage>/avg_acc``, the per-group accuracies weighted by the *training* group
 sizes (the "average accuracy" of the Group DRO literature).

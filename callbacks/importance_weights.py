@@ -26,7 +26,13 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_sam.callbacks._measurement import check_every_n_epochs, log_measurement, measurement_due, tensorboard
-from lightning_sam.callbacks._phantom import PerturbationOverride, PhantomSampling, gather_rows, phantom_batches
+from lightning_sam.callbacks._phantom import (
+    PerturbationOverride,
+    PhantomSampling,
+    check_head,
+    gather_rows,
+    phantom_batches,
+)
 from lightning_sam.callbacks.batch_fields import batch_input, batch_target
 from lightning_sam.functional.importance import importance_weights
 from lightning_sam.functional.inequality import gini_coefficient, lorenz_curve, within_class_gini
@@ -94,7 +100,11 @@ class ImportanceWeights(Callback):
                 "no TensorBoardLogger: pass Trainer(logger=TensorBoardLogger(...)) (or add one to its loggers), or "
                 "ImportanceWeights(lorenz_figure=False) to log only the Gini coefficients."
             )
-        self.perturbation.resolve(pl_module, "ImportanceWeights")  # fail now, not after an epoch
+        self.perturbation.resolve(pl_module, "ImportanceWeights", trainer)  # fail now, not after an epoch
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_head(trainer, pl_module, self.head, self.batch_input, self.dataset)  # fail now, not after an epoch
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,7 +113,7 @@ class ImportanceWeights(Callback):
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Computes the four Gini coefficients (and draws the Lorenz figure); returns and records the values."""
-        spec = self.perturbation.resolve(pl_module, "ImportanceWeights")
+        spec = self.perturbation.resolve(pl_module, "ImportanceWeights", trainer)
         batches = phantom_batches(
             trainer, pl_module, spec, self.sampling, self.head, self.batch_input, self.batch_target, self.dataset
         )

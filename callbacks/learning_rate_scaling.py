@@ -33,7 +33,13 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_sam.callbacks._measurement import check_every_n_epochs, log_measurement, measurement_due, tensorboard
-from lightning_sam.callbacks._phantom import PerturbationOverride, PhantomSampling, gather_rows, phantom_batches
+from lightning_sam.callbacks._phantom import (
+    PerturbationOverride,
+    PhantomSampling,
+    check_head,
+    gather_rows,
+    phantom_batches,
+)
 from lightning_sam.callbacks.batch_fields import batch_input, batch_target
 from lightning_sam.callbacks.feature_probe import FeatureProbe
 from lightning_sam.callbacks.protocols import FeatureBlocks, FeatureData
@@ -150,7 +156,11 @@ class LearningRateScaling(Callback):
                     f"LearningRateScaling: {role}={name!r} is not among the features with directions {available}; "
                     f"pass {role}=<one of them>."
                 )
-        self.perturbation.resolve(pl_module, "LearningRateScaling")  # fail now, not after an epoch
+        self.perturbation.resolve(pl_module, "LearningRateScaling", trainer)  # fail now, not after an epoch
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_head(trainer, pl_module, self.head, self.batch_input, self.dataset)  # fail now, not after an epoch
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -166,7 +176,7 @@ class LearningRateScaling(Callback):
                 self._warned = True
             return {}
         assert self.easy is not None and self.hard is not None, "setup() sets them"
-        spec = self.perturbation.resolve(pl_module, "LearningRateScaling")
+        spec = self.perturbation.resolve(pl_module, "LearningRateScaling", trainer)
         batches = phantom_batches(
             trainer, pl_module, spec, self.sampling, self.head, self.batch_input, self.batch_target, self.dataset
         )

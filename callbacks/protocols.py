@@ -45,7 +45,7 @@ class TrainData(Protocol):
 
 @runtime_checkable
 class PerturbedModel(Protocol):
-    """A module that declares the phantom point it trains with (``SAMClassifier``): the measurements build the same."""
+    """A module (``SAMClassifier``) or callback (``SharpnessAware``) declaring its phantom point: measurements match."""
 
     perturbation_spec: PerturbationSpec
 

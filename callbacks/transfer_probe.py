@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_sam.callbacks._phantom import check_head
 from lightning_sam.callbacks.batch_fields import batch_input, batch_target
 from lightning_sam.callbacks.evaluation_mode import evaluation_mode
 from lightning_sam.callbacks.protocols import TransferData  # also importable from here, its former home
@@ -104,6 +105,11 @@ class TransferProbe(Callback):
             raise ValueError(
                 f"TransferProbe: representation {self.representation!r} names no module of {type(pl_module).__name__}"
             )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.representation is None:  # the head's input: find the layer that produces the output, now
+            check_head(trainer, pl_module, None, self.batch_input)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

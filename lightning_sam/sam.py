@@ -140,10 +140,40 @@ class SAM(Optimizer):
             self.restore()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """The base optimizer's update of the real parameters with the gradients they now hold."""
+        """The base optimizer's update of the real parameters; with a closure, the whole SAM step.
+
+        Without a closure, the update uses the gradients the parameters now hold. With a closure that zeroes the
+        gradients, computes the loss and backpropagates it (the convention of torch's ``LBFGS``), the closure runs
+        at ``θ``, :meth:`ascend` moves to ``θ + ε``, the closure runs again there, :meth:`restore` puts ``θ`` back
+        and the base optimizer applies the gradient from ``θ + ε``. Returns the loss at ``θ``.
+
+        A closure that returns ``None`` computed no loss to ascend from (Lightning's manual-optimization closure,
+        which only runs its hooks, is such a one): it runs once, and the base step uses the gradients as they are.
+
+        Example:
+            >>> model = torch.nn.Linear(2, 1)
+            >>> sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+            >>> def closure():
+            ...     sam.zero_grad()
+            ...     loss = model(torch.ones(1, 2)).sum()
+            ...     loss.backward()
+            ...     return loss
+            >>> loss = sam.step(closure)
+            >>> sam.at_phantom_point
+            False
+        """
         if self._real:
             raise RuntimeError("SAM.step() called at the phantom point: restore() the real parameters first")
-        return self.base_optimizer.step(closure)
+        if closure is None:
+            return self.base_optimizer.step()
+        with torch.enable_grad():  # step() may run under no_grad, as torch optimizers allow
+            loss = closure()  # the gradient at θ
+            if loss is None:
+                return self.base_optimizer.step()
+            with self.phantom_point():
+                closure()  # the gradient at θ + ε
+        self.base_optimizer.step()
+        return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)

@@ -28,14 +28,15 @@ class PerturbationSpec:
 
     Args:
         rho: the radius ``ρ >= 0`` (``0``: the phantom point is the real point).
-        scope: ``"all"`` parameters (SAM, ASAM) or the ``"head"`` only (LSAM).
+        scope: ``"all"`` parameters (SAM, ASAM), the ``"head"`` only (LSAM), or the name of a module (as in
+            ``named_modules()``) whose parameters are perturbed.
         adaptive: ASAM's scale-invariant ``ε``.
         eta: ASAM's ``η``.
         head_bias: with ``scope="head"``, perturb the head's bias as well as its weight.
     """
 
     rho: float
-    scope: Scope = "all"
+    scope: Scope | str = "all"
     adaptive: bool = False
     eta: float = 0.01
     head_bias: bool = False
@@ -43,8 +44,8 @@ class PerturbationSpec:
     def __post_init__(self) -> None:
         if not self.rho >= 0:  # also rejects NaN
             raise ValueError(f"rho must be >= 0, got {self.rho}")
-        if self.scope not in ("head", "all"):
-            raise ValueError(f"scope must be 'head' or 'all', got {self.scope!r}")
+        if not isinstance(self.scope, str) or not self.scope:
+            raise ValueError(f"scope must be 'head', 'all' or a module name, got {self.scope!r}")
         if not self.eta >= 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
@@ -104,9 +105,12 @@ def perturbation(
     finite = torch.isfinite(grad_norm)
     # a 0-d device tensor: no .item(), no branch on its value
     scale = torch.where(finite, rho / (grad_norm + eps), torch.zeros_like(grad_norm))
-    # a non-finite gradient times a zero scale is still NaN: mask the direction too
-    direction = [torch.where(finite, d, torch.zeros_like(d)) for d in direction]
     epsilon = torch._foreach_mul(direction, scale)
+    # a non-finite gradient times a zero scale is still NaN: zero ε in place, one pass and no copy of the gradient
+    # (masking the direction first, with torch.where, cost three passes: a third of an SGD step on ResNet-18)
+    not_finite = ~finite
+    for e in epsilon:
+        e.masked_fill_(not_finite, 0.0)
     return Perturbation(epsilon, grad_norm, torch.where(finite, direction_norm * scale, scale))
 
 

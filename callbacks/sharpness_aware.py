@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_sam.callbacks._phantom import check_head
 from lightning_sam.callbacks.batch_fields import batch_input, batch_target
 from lightning_sam.callbacks.representation import final_linear
 from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats
@@ -183,6 +184,12 @@ class SharpnessAware(Callback):
                 "the name of a module with trainable parameters (as in module.named_modules())."
             )
         return params
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.perturbation_spec.scope == "head":  # the head is the layer that produces the output
+            check_head(trainer, pl_module, None, self.batch_input)
+            self._perturbed = self._scope_parameters(pl_module)
 
     # --- the SAM step ----------------------------------------------------------------------------------------
 

@@ -6,20 +6,36 @@
     python train.py --print_config                     # every flag, as YAML
 
 Every constructor argument of the model (``--model.*``), the datamodule (``--data.*``) and the Trainer
-(``--trainer.*``) is a flag; ``--measure.*`` switches the measurement callbacks; ``--ckpt_path`` resumes.
+(``--trainer.*``) is a flag; ``--measure.*`` switches the measurement callbacks; ``--ckpt_path`` resumes a run
+(``last``: the latest run's ``last.ckpt``) and ``--weights_from`` starts a new run from a checkpoint's weights.
 With no ``--config`` the defaults are ``configs/toy.yaml``; a ``--config`` replaces them as a whole.
+
+Each run owns its folder ``<default_root_dir>/lightning_logs/version_N``, created atomically: its ``config.yaml``,
+logs and ``checkpoints/`` (``last.ckpt`` among them). A run that fails before its first step removes it again.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytorch_lightning as pl
-from pytorch_lightning import Callback, LightningDataModule, Trainer
+import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch import nn
+from typing_extensions import override
 
 from lightning_sam import SAMClassifier
 from lightning_sam.callbacks import FeatureProbe, GroupAccuracy, ImportanceWeights, LearningRateScaling
@@ -116,18 +132,375 @@ def run_summary(trainer: pl.Trainer) -> str:
     return "\n".join(lines)
 
 
-class TrainCLI(LightningCLI):
-    """LightningCLI without subcommands: parse, build, fit, summarise."""
+class UsageError(Exception):
+    """A bad input: ``main`` reports it as ``train.py: error: <message>`` with exit status 2, without a traceback."""
 
+
+# --- the run folder: each run owns one, created atomically ---------------------------------------------------
+
+
+@dataclass
+class RunFolder:
+    """A claimed ``<root>/version_N`` and the empty parents its claim created (removed with it by :meth:`release`)."""
+
+    path: Path
+    version: int | str
+    created_from: Path | None
+
+    def release(self) -> None:
+        """Remove the folder (it is this run's: nobody else writes into it) and the parents the claim created."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.created_from is None:
+            return
+        folder = Path(os.path.abspath(self.path)).parent
+        while True:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                return
+            if folder == self.created_from:
+                return
+            folder = folder.parent
+
+
+def claim_run_folder(root: Path, version: int | str | None = None) -> RunFolder:
+    """Create ``root/version_N`` for the next ``N`` (or exactly ``version``).
+
+    ``os.mkdir`` fails when another run took that name first: two runs started at once get two folders, never one.
+    """
+    absolute = Path(os.path.abspath(root))
+    missing = [folder for folder in (absolute, *absolute.parents) if not folder.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if version is not None:
+            name = version if isinstance(version, str) else f"version_{version}"
+            (root / name).mkdir()
+            return RunFolder(root / name, version, missing[-1] if missing else None)
+        number = 1 + max((int(m[1]) for d in os.listdir(root) if (m := re.fullmatch(r"version_(\d+)", d))), default=-1)
+        while True:
+            try:
+                (root / f"version_{number}").mkdir()
+                return RunFolder(root / f"version_{number}", number, missing[-1] if missing else None)
+            except FileExistsError:
+                number += 1  # another run claimed it since we listed the folder
+    except FileExistsError as error:
+        if version is not None and root.is_dir():
+            raise UsageError(
+                f"the run folder {error.filename} exists: a run never writes into another run's folder. Give the "
+                "logger another version, or none to take the next free one"
+            ) from error
+        raise UsageError(f"cannot create run folders in {root}: {error.filename} is a file") from error
+    except OSError as error:
+        raise UsageError(
+            f"cannot create a run folder in {root} ({error.strerror or error}): choose a writable "
+            "--trainer.default_root_dir (or logger save_dir)"
+        ) from error
+
+
+def latest_last_checkpoint(logs_root: Path) -> Path:
+    """What ``--ckpt_path last`` resumes: ``checkpoints/last.ckpt`` of the highest ``version_N`` under ``logs_root``."""
+    runs = sorted(
+        (int(m[1]), logs_root / m[0])
+        for m in (re.fullmatch(r"version_(\d+)", d) for d in (os.listdir(logs_root) if logs_root.is_dir() else ()))
+        if m
+    )
+    if not runs:
+        raise UsageError(f"--ckpt_path last: there is no run folder (version_N) in {logs_root} to resume")
+    last = runs[-1][1] / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UsageError(
+            f"--ckpt_path last: the latest run folder {runs[-1][1]} has no checkpoints/last.ckpt; pass the checkpoint "
+            "to resume as --ckpt_path <file>"
+        )
+    return last
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str, flag: str) -> Any:
+    """``torch.load(path, weights_only=True)``, or a :class:`UsageError` that says what the file is instead."""
+    file = Path(path)
+    if not file.exists():
+        raise UsageError(f"{flag} {path}: no such file")
+    if file.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a checkpoint file, e.g. a run's checkpoints/last.ckpt")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        with open(file, "rb") as handle:
+            head = handle.read(512)
+        if head and b"\0" not in head:
+            raise UsageError(
+                f"{flag} {path} is a text file (a config?), not a checkpoint: a config goes to --config, a .ckpt file "
+                f"to {flag}"
+            ) from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"{flag} {path} is not a readable checkpoint (truncated or corrupt? {reason}); use another one, e.g. an "
+            "earlier epoch's"
+        ) from error
+
+
+def check_training_checkpoint(path: str) -> None:
+    """Refuse, before anything is written, a ``--ckpt_path`` that cannot resume a run."""
+    checkpoint = read_checkpoint(path, "--ckpt_path")
+    if not isinstance(checkpoint, dict) or not {"state_dict", "optimizer_states", "loops"} <= checkpoint.keys():
+        raise UsageError(
+            f"--ckpt_path {path} holds weights only (no optimizer, schedule or loop state), so there is no run to "
+            f"resume: start a new run from these weights with --weights_from {path}"
+        )
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """``--weights_from``: the parameters and buffers of a checkpoint (or bare ``state_dict``), nothing else."""
+    checkpoint = read_checkpoint(path, "--weights_from")
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"--weights_from {path} holds no state_dict (a dict of tensors)")
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        details = "; ".join(
+            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shapes", reshaped))
+            if keys
+        )
+        raise UsageError(f"--weights_from {path}: its weights do not fit this model ({details})")
+    model.load_state_dict(state)
+
+
+class RunRecord(Callback):
+    """Keeps the body and data configuration in the checkpoint and refuses to resume a run of other ones.
+
+    Resuming continues the optimizer, the schedule and the callbacks' histories; on other data or another body they
+    would mix two runs. (SAMClassifier checks its own hyperparameters.)
+    """
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = json.loads(json.dumps(record, sort_keys=True, default=str))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"record": json.dumps(self.record, sort_keys=True)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        changed = config_differences(json.loads(state_dict["record"]), self.record)
+        if changed:
+            raise ValueError(
+                "cannot resume from this checkpoint: its run used another body or data (" + "; ".join(changed) + "). "
+                "Resuming continues the checkpoint's optimizer, schedule and measurement histories, so resume with "
+                "its values, or start a new run from its weights with --weights_from <checkpoint>"
+            )
+
+
+def run_record(config: Any) -> dict[str, Any]:
+    """What a resume must keep: the body and the data (but not where the data lies or how many workers read it)."""
+    data = config["data"].as_dict() if hasattr(config["data"], "as_dict") else dict(config["data"] or {})
+    for key in ("root", "num_workers"):
+        data.get("init_args", {}).pop(key, None)
+    body = config["model"]["body"]
+    return {"model.body": body.as_dict() if hasattr(body, "as_dict") else body, "data": data}
+
+
+def config_differences(theirs: Any, ours: Any, key: str = "") -> list[str]:
+    """``"key: <theirs> in the checkpoint, <ours> now"`` for every leaf that differs."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        return [
+            line
+            for k in sorted(theirs.keys() | ours.keys())
+            for line in config_differences(theirs.get(k), ours.get(k), f"{key}.{k}" if key else k)
+        ]
+    return [] if theirs == ours else [f"{key}: {theirs!r} in the checkpoint, {ours!r} now"]
+
+
+# --- the CLI -------------------------------------------------------------------------------------------------
+
+OPTIMIZER_HINT = (
+    "SAMClassifier builds its own optimizer and schedule: choose them with --model.optimizer {sgd,sam,asam,lsam}, "
+    "--model.rho, --model.lr, --model.momentum, --model.weight_decay and --model.lr_schedule {cosine,constant}"
+)
+
+
+def clearer_parse_error(message: str) -> str:
+    """A parse error with its one real cause brought out, and a pointer to ``--model.*`` for optimizer flags.
+
+    jsonargparse buries a datamodule's error under "does not validate against any of the Union subtypes", next to
+    the other subtype's (always ``None``) "Expected a <class 'NoneType'>".
+    """
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() != "Errors:" or not any("Union subtypes" in seen for seen in lines[:i]):
+            continue
+        indent = len(line) - len(line.lstrip())
+        items: list[list[str]] = []
+        for item_line in lines[i + 1 :]:
+            depth = len(item_line) - len(item_line.lstrip())
+            if depth <= indent:
+                break
+            if depth == indent + 2 and item_line.lstrip().startswith("- "):
+                items.append([])
+            if items:
+                items[-1].append(item_line[indent + 4 :] if depth > indent + 2 else item_line.lstrip()[2:])
+        causes = [item for item in items if item[0].strip() != "Expected a <class 'NoneType'>"]
+        if len(causes) == 1:
+            header = [seen for seen in lines[:i] if "Union subtypes" not in seen and "Subtypes:" not in seen]
+            return clearer_parse_error("\n".join([*header, *causes[0]]))
+        break
+    if re.search(r"(?<![\w.])-*(optimizer|lr_scheduler)\b", message):
+        message += f"\n{OPTIMIZER_HINT}"
+    return message
+
+
+class TrainParser(LightningArgumentParser):
+    """The CLI's parser: clearer messages for the errors users meet most."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(clearer_parse_error(message), ex)
+
+
+def constructor_error(error: BaseException) -> str:
+    """An error raised while building the model, data, loggers or Trainer, with the flag it came from."""
+    root = error
+    while root.__cause__ is not None and ("Union subtypes" in str(root) or "jsonargparse" in type(root).__module__):
+        root = root.__cause__  # jsonargparse's wrapper of the constructor's own error
+    flags = (
+        (LightningModule, "--model"),
+        (LightningDataModule, "--data"),
+        (nn.Module, "--model.body"),
+        (Logger, "--trainer.logger"),
+        (Callback, "--trainer.callbacks"),
+        (Trainer, "--trainer"),
+    )
+    for frame, _ in traceback.walk_tb(root.__traceback__):
+        owner = frame.f_locals.get("self")
+        flag = next((flag for cls, flag in flags if isinstance(owner, cls)), None)
+        if flag is not None:
+            name = type(owner).__name__
+            return f"{flag}: {root}" if str(root).startswith(name) else f"{flag} ({name}): {root}"
+    return str(root)
+
+
+class TrainCLI(LightningCLI):
+    """LightningCLI without subcommands: parse, build, fit, summarise; each run in a folder of its own."""
+
+    run_folders: list[RunFolder]
+    ckpt_path: str | None
+
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_class_arguments(Measurements, "measure")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume from")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="checkpoint to resume from ('last': the latest run's)"
+        )
+        parser.add_argument(
+            "--weights_from", type=str | None, default=None,
+            help="start a new run from this checkpoint's (or state_dict's) weights: new optimizer, schedule, histories",
+        )  # fmt: skip
 
+    @override
+    def before_instantiate_classes(self) -> None:
+        self.run_folders, self.ckpt_path = [], None
+        trainer = self.config["trainer"]
+        if trainer.get("gradient_clip_val") is not None:
+            self.parser.error(
+                "--trainer.gradient_clip_val: SAMClassifier optimizes manually, so the Trainer cannot clip its "
+                "gradients; use --model.gradient_clip_val instead"
+            )
+        if trainer.get("accumulate_grad_batches") not in (None, 1):
+            self.parser.error(
+                "--trainer.accumulate_grad_batches: SAMClassifier optimizes manually and takes one step per batch; "
+                "use a larger --data.init_args.batch_size instead"
+            )
+        if self.config["ckpt_path"] and self.config["weights_from"]:
+            self.parser.error(
+                "--ckpt_path resumes a run, --weights_from starts a new one from its weights: give one of them"
+            )
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, RuntimeError, OSError, ImportError, MisconfigurationException) as error:
+            raise UsageError(constructor_error(error)) from error
+
+    @override
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        configured = self.config_init.get("trainer.callbacks") or []
-        extra = measurement_callbacks(self.config_init["measure"], self.datamodule)
-        return super().instantiate_trainer(callbacks=[*configured, *extra], **kwargs)
+        """Check the checkpoint to resume or the weights to start from, claim the run folder, build the Trainer."""
+        trainer = self.config_init["trainer"]
+        configured = trainer.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        callbacks = [*configured, *measurement_callbacks(self.config_init["measure"], self.datamodule)]
+        if self.config["weights_from"]:
+            load_weights(self.model, self.config["weights_from"])
+        if trainer.get("fast_dev_run"):  # writes nothing: no run folder
+            self.ckpt_path = self.config["ckpt_path"]
+            return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+        logger = trainer.get("logger")
+        if logger is None or logger is True:
+            logger = TensorBoardLogger(trainer.get("default_root_dir") or os.getcwd())
+        loggers = [] if logger is False else list(logger) if isinstance(logger, list) else [logger]
+        folder_loggers = [each for each in loggers if isinstance(each, TensorBoardLogger | CSVLogger)]
+        default_root = Path(trainer.get("default_root_dir") or os.getcwd(), "lightning_logs")
+        logs_root = Path(folder_loggers[0].root_dir) if folder_loggers else default_root
+
+        self.ckpt_path = self.config["ckpt_path"]
+        stale = [c.ckpt_path for c in configured if isinstance(c, OnExceptionCheckpoint) and Path(c.ckpt_path).exists()]
+        if stale and not self.ckpt_path:
+            # Lightning's fit(ckpt_path=None) resumes it without a word
+            raise UsageError(
+                f"{stale[0]} exists: an earlier run's OnExceptionCheckpoint that a new run would resume silently. "
+                f"Resume it with --ckpt_path {stale[0]}, or move it away, or give OnExceptionCheckpoint another dirpath"
+            )
+        if self.ckpt_path == "last":
+            self.ckpt_path = str(latest_last_checkpoint(logs_root))
+        if self.ckpt_path:
+            check_training_checkpoint(self.ckpt_path)
+
+        run_dir = None
+        if rank_zero_only.rank == 0:  # processes a DDP launch starts take rank 0's folder (Lightning broadcasts it)
+            self._claim(loggers, folder_loggers, default_root)
+            run_dir = self.run_folders[0].path
+        try:
+            if run_dir is not None:
+                self.parser.save(self.config, str(run_dir / "config.yaml"), skip_none=False, overwrite=False)
+            if trainer.get("enable_checkpointing") is not False and not any(
+                isinstance(c, ModelCheckpoint) for c in configured
+            ):
+                dirpath = None if run_dir is None else run_dir / "checkpoints"
+                callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last=True))
+            callbacks.append(RunRecord(run_record(self.config)))
+            return super().instantiate_trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
+        except BaseException:
+            self.release_run_folders()
+            raise
+
+    def _claim(self, loggers: list[Logger], folder_loggers: list[Logger], default_root: Path) -> None:
+        """Claim a run folder for every TensorBoard/CSV logger (one per root) and give the logger its version."""
+        claimed: dict[tuple[str, Any], RunFolder] = {}
+        try:
+            for each in folder_loggers:
+                # the constructor's `version`, set once the folder is claimed: only then is it known
+                key = (os.path.abspath(each.root_dir), each._version)
+                if key not in claimed:
+                    claimed[key] = claim_run_folder(Path(each.root_dir), each._version)
+                each._version = claimed[key].version
+            self.run_folders = list(claimed.values()) or [claim_run_folder(default_root)]
+        except UsageError:
+            for folder in claimed.values():
+                folder.release()
+            raise
+
+    def release_run_folders(self) -> None:
+        """Undo the claims of a run that failed before its first step: it leaves nothing behind."""
+        for folder in self.run_folders:
+            folder.release()
+        self.run_folders = []
 
 
 def default_config_files(argv: list[str]) -> list[str]:
@@ -141,16 +514,36 @@ def default_config_files(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    """``python train.py``: a bad input ends with ``train.py: error: ...`` (exit status 2) and leaves no run folder."""
+    try:
+        _fit()
+    except UsageError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _fit() -> None:
     cli = TrainCLI(
         SAMClassifier,
         LightningDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,
         run=False,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=None,  # the run writes config.yaml into its own folder (TrainCLI.instantiate_trainer)
+        auto_configure_optimizers=False,  # `--optimizer Adam` would replace SAM
+        parser_class=TrainParser,
         parser_kwargs={"default_config_files": default_config_files(sys.argv[1:])},
     )
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config["ckpt_path"], weights_only=True)
+    try:
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+    except Exception as error:
+        if cli.trainer.global_step > 0:
+            raise
+        # before the first step, errors come from the inputs: data setup, the checkpoint, the resume checks
+        cli.release_run_folders()
+        if isinstance(error, ValueError | OSError | MisconfigurationException):
+            raise UsageError(str(error)) from error
+        raise
     if cli.trainer.is_global_zero:
         print(run_summary(cli.trainer))
 

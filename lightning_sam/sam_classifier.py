@@ -22,6 +22,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -34,6 +35,7 @@ from lightning_sam.sam import SAM, Ascent
 
 OptimizerName = Literal["sgd", "sam", "asam", "lsam"]
 OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "asam", "lsam")
+RESUMABLE_CHANGES = frozenset({"nonfinite", "_instantiator"})  # may differ from the checkpoint's on resume
 
 
 class SAMClassifier(pl.LightningModule):
@@ -287,6 +289,11 @@ class SAMClassifier(pl.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_same_architecture(checkpoint)
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self._check_same_training(checkpoint)
+
+    def _check_same_architecture(self, checkpoint: dict[str, Any]) -> None:
         own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
         if own == theirs:
@@ -301,8 +308,36 @@ class SAMClassifier(pl.LightningModule):
         raise ValueError(
             f"the checkpoint was written by a different model than this {type(self.body).__name__} body with "
             f"{self.hparams.num_classes} classes ({details}). Resume with the body, num_classes and data of the run "
-            "that wrote it (its config.yaml sits next to the checkpoint: --config that file)."
+            "that wrote it."
         )
+
+    def _check_same_training(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming continues the checkpoint's optimizer and schedule: refuse settings that they would ignore.
+
+        The rule: every hyperparameter but ``nonfinite`` (a failure policy) must be the checkpoint's, and a cosine
+        schedule must span the same number of steps (a longer run would restart the cosine past its end).
+        """
+        theirs = checkpoint.get("hyper_parameters", {})
+        changed = [
+            f"{key}: {theirs[key]!r} in the checkpoint, {value!r} now"
+            for key, value in self.hparams.items()
+            if key in theirs and key not in RESUMABLE_CHANGES and theirs[key] != value
+        ]
+        schedulers = checkpoint.get("lr_schedulers") or [{}]
+        if self.hparams.lr_schedule == "cosine" and "T_max" in schedulers[0]:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            if schedulers[0]["T_max"] != total:
+                changed.append(
+                    f"cosine schedule length: {schedulers[0]['T_max']} steps in the checkpoint, {total} now "
+                    "(max_epochs, max_steps, batch size or data size changed)"
+                )
+        if changed:
+            raise ValueError(
+                "cannot resume from this checkpoint with other training settings (" + "; ".join(changed) + "): "
+                "resuming continues its optimizer and schedule, which would silently ignore them. Resume with the "
+                "checkpoint's values, or start a new run from its weights (python train.py --weights_from "
+                "<checkpoint>: a new optimizer and schedule)."
+            )
 
     # --- optimizer -------------------------------------------------------------------------------------------
 

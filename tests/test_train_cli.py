@@ -3,6 +3,8 @@
 import runpy
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,7 +39,8 @@ def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
     assert list(version.glob("events.out.tfevents.*"))
     assert list((version / "checkpoints").glob("*.ckpt"))
     config = yaml.safe_load((version / "config.yaml").read_text())
-    assert config["model"]["optimizer"] == "lsam" and config["model"]["rho"] == 0.2
+    assert config["model"]["optimizer"] == "lsam"
+    assert config["model"]["rho"] == 0.2
     assert config["data"]["class_path"] == "lightning_sam.datamodules.ToyDataModule"
 
     events = EventAccumulator(str(version), size_guidance={"images": 0, "scalars": 0}).Reload()
@@ -50,14 +53,16 @@ def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("probe/hard/acc")) >= 2  # every epoch
     lorenz = [tag for tag in events.Tags()["images"] if "lorenz" in tag]
-    assert lorenz and len(events.Images(lorenz[0])) == 2  # one Lorenz figure per epoch
+    assert lorenz
+    assert len(events.Images(lorenz[0])) == 2  # one Lorenz figure per epoch
 
 
 def test_print_config_shows_every_section_without_training(tmp_path):
     result = _train("--print_config", "--model.optimizer", "sam", "--model.rho", "0.1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)
-    assert config["model"]["optimizer"] == "sam" and config["model"]["rho"] == 0.1
+    assert config["model"]["optimizer"] == "sam"
+    assert config["model"]["rho"] == 0.1
     assert {"trainer", "data", "measure", "seed_everything", "ckpt_path"} <= set(config)
     assert not (tmp_path / "runs").exists()
 
@@ -65,7 +70,8 @@ def test_print_config_shows_every_section_without_training(tmp_path):
 def test_unknown_optimizer_flag_is_rejected_with_the_choices(tmp_path):
     result = _train("--model.optimizer", "adam", cwd=tmp_path)
     assert result.returncode != 0
-    assert "model.optimizer" in result.stderr and "lsam" in result.stderr
+    assert "model.optimizer" in result.stderr
+    assert "lsam" in result.stderr
 
 
 def test_two_process_ddp_on_cpu_runs_from_the_command_line(tmp_path):
@@ -117,10 +123,12 @@ def test_a_config_replaces_the_toy_defaults_as_a_whole(printed_config):
     assert not {"turns", "n_train"} & set(config["data"]["init_args"])
     assert config["model"]["body"]["class_path"] == "lightning_sam.bodies.SmallCNN"
     assert "hidden" not in config["model"]["body"]["init_args"]
-    assert config["model"]["rho"] == 0.05 and config["trainer"]["log_every_n_steps"] is None
+    assert config["model"]["rho"] == 0.05
+    assert config["trainer"]["log_every_n_steps"] is None
 
     trainer = printed_config(f"--config={ROOT / 'configs' / 'pacs.yaml'}")["trainer"]
-    assert trainer["max_steps"] == 5000 and trainer["max_epochs"] is None  # not the toy's 60
+    assert trainer["max_steps"] == 5000
+    assert trainer["max_epochs"] is None  # not the toy's 60
 
 
 def test_summary_without_a_logger_still_names_the_checkpoint(tmp_path):
@@ -130,7 +138,8 @@ def test_summary_without_a_logger_still_names_the_checkpoint(tmp_path):
     assert "Finished after 1 epochs" in result.stdout
     checkpoint = next(line for line in result.stdout.splitlines() if line.startswith("Checkpoint:"))
     assert Path(tmp_path, checkpoint.split()[-1]).is_file()
-    assert "tensorboard" not in result.stdout and "Logs:" not in result.stdout
+    assert "tensorboard" not in result.stdout
+    assert "Logs:" not in result.stdout
 
 
 def _finished_trainer(metrics: dict[str, float], loggers=(), checkpoint=None) -> SimpleNamespace:
@@ -159,16 +168,21 @@ def test_run_summary_shows_the_mechanism_and_what_it_means():
     mechanism = lines[lines.index("Mechanism:") + 1 :]
     for key in TRAIN["MECHANISM_KEYS"]:
         assert sum(line.split()[0] == key for line in mechanism if line.split()) == 1, key
-    assert "train/rho_relative  " in summary and "0.0500" in summary
+    assert "train/rho_relative  " in summary
+    assert "0.0500" in summary
     assert sum("importance/gini_within_class_real" in line for line in lines) == 1  # not also among the finals
-    assert sum("log relative gain > 0" in line for line in lines) == 1 and "rho is too large" in summary
+    assert sum("log relative gain > 0" in line for line in lines) == 1
+    assert "rho is too large" in summary
 
 
 def test_run_summary_without_mechanism_metrics_prints_the_rest():
     summary = TRAIN["run_summary"](_finished_trainer({"val/acc": 0.9, "probe/hard/acc": 0.7}))
-    assert "Mechanism" not in summary and "log relative gain" not in summary
-    assert "val/acc" in summary and "probe/hard/acc" in summary
-    assert "Checkpoint" not in summary and "Logs" not in summary
+    assert "Mechanism" not in summary
+    assert "log relative gain" not in summary
+    assert "val/acc" in summary
+    assert "probe/hard/acc" in summary
+    assert "Checkpoint" not in summary
+    assert "Logs" not in summary
 
 
 def test_run_summary_points_tensorboard_at_its_logs_and_csv_at_its_file(tmp_path):
@@ -194,5 +208,121 @@ def test_measurement_callbacks_follow_what_the_datamodule_provides():
 
 
 def test_measurements_reject_a_negative_interval():
-    with pytest.raises(ValueError, match="measure.every_n_epochs"):
+    with pytest.raises(ValueError, match=r"measure\.every_n_epochs"):
         TRAIN["Measurements"](every_n_epochs=-1)
+
+
+# --- run folders, checkpoints and resuming ------------------------------------------------------------------
+
+QUICK = [
+    "--data.init_args.n_train=64", "--data.init_args.n_val=64", "--data.init_args.n_probe=64",
+    "--data.init_args.batch_size=64", "--trainer.max_epochs=1", "--trainer.default_root_dir=runs",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--measure.probe=false", "--measure.importance=false", "--measure.scaling=false",
+]  # fmt: skip
+RUNS = Path("runs", "lightning_logs")
+
+
+@pytest.fixture
+def train_here(tmp_path, monkeypatch, capsys):
+    """``python train.py *QUICK *args`` in this process, in ``tmp_path``: its exit code and what it printed."""
+    monkeypatch.chdir(tmp_path)
+
+    def train(*args: str) -> tuple[object, str]:
+        monkeypatch.setattr(sys, "argv", ["train.py", *QUICK, *args])
+        try:
+            TRAIN["main"]()
+            code: object = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return train
+
+
+@pytest.fixture
+def record_fit(monkeypatch):
+    """``record_fit()`` replaces ``Trainer.fit`` with a recorder of the model's state and the checkpoint to resume."""
+
+    def record() -> list[dict]:
+        calls: list[dict] = []
+
+        def fit(trainer, model, datamodule=None, ckpt_path=None, weights_only=None):
+            calls.append({"ckpt_path": ckpt_path, "state": {k: v.clone() for k, v in model.state_dict().items()}})
+
+        monkeypatch.setattr(pl.Trainer, "fit", fit)
+        return calls
+
+    return record
+
+
+def test_a_run_racing_another_for_version_0_takes_a_folder_of_its_own(train_here, monkeypatch, tmp_path):
+    # both runs listed the logs folder before either created version_0: Lightning would hand both the same version
+    monkeypatch.setattr(TensorBoardLogger, "_get_next_version", lambda self: 0)
+    assert train_here("--model.optimizer=sgd")[0] == 0
+    assert train_here("--model.optimizer=sam")[0] == 0
+    first, second = tmp_path / RUNS / "version_0", tmp_path / RUNS / "version_1"
+    assert yaml.safe_load((first / "config.yaml").read_text())["model"]["optimizer"] == "sgd"
+    assert yaml.safe_load((second / "config.yaml").read_text())["model"]["optimizer"] == "sam"
+    assert yaml.safe_load((first / "hparams.yaml").read_text())["optimizer"] == "sgd"
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["optimizer"] == "sgd"
+    assert len(list(first.glob("events.out.tfevents.*"))) == 1
+
+
+def test_runs_claiming_folders_at_once_each_get_their_own(tmp_path):
+    claim, barrier = TRAIN["claim_run_folder"], threading.Barrier(8)
+
+    def claim_after_all_are_ready(_: int) -> Path:
+        barrier.wait()
+        return claim(tmp_path / "logs").path
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(claim_after_all_are_ready, range(8)))
+    assert sorted(p.name for p in folders) == [f"version_{n}" for n in range(8)]
+
+
+def test_a_run_keeps_epoch_checkpoints_and_last_next_to_an_on_exception_checkpoint(train_here, tmp_path):
+    code, printed = train_here("--trainer.callbacks+=OnExceptionCheckpoint", "--trainer.callbacks.dirpath=on_exception")
+    assert code == 0, printed[-3000:]
+    checkpoints = {p.name for p in (tmp_path / RUNS / "version_0" / "checkpoints").iterdir()}
+    assert checkpoints == {"epoch=0-step=1.ckpt", "last.ckpt"}
+
+
+def test_a_configured_model_checkpoint_replaces_the_default_one(train_here, tmp_path):
+    code, printed = train_here("--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=mine")
+    assert code == 0, printed[-3000:]
+    assert list((tmp_path / "mine").glob("*.ckpt"))
+    assert not (tmp_path / RUNS / "version_0" / "checkpoints").exists()
+
+
+def test_a_resume_with_the_same_settings_continues_the_run_in_a_new_folder(train_here, tmp_path):
+    assert train_here("--model.lr_schedule=constant")[0] == 0
+    code, printed = train_here("--model.lr_schedule=constant", "--trainer.max_epochs=2", "--ckpt_path=last")
+    assert code == 0, printed[-3000:]
+    assert "Finished after 2 epochs, 2 steps." in printed
+    resumed = torch.load(tmp_path / RUNS / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2
+    assert (tmp_path / RUNS / "version_1" / "config.yaml").is_file()
+
+
+def test_ckpt_path_last_hands_fit_the_latest_runs_file(train_here, record_fit, tmp_path):
+    assert train_here()[0] == 0
+    assert train_here()[0] == 0  # version_1
+    fit_arguments = record_fit()
+    assert train_here("--ckpt_path=last")[0] == 0
+    resumed = Path(fit_arguments[-1]["ckpt_path"]).resolve()
+    assert resumed == (tmp_path / RUNS / "version_1" / "checkpoints" / "last.ckpt").resolve()
+
+
+def test_weights_from_starts_a_new_run_from_the_checkpoints_weights(train_here, record_fit, tmp_path):
+    assert train_here("--trainer.max_epochs=2", "--model.optimizer=sgd")[0] == 0
+    checkpoint = tmp_path / RUNS / "version_0" / "checkpoints" / "last.ckpt"
+    weights = torch.load(checkpoint, weights_only=True)["state_dict"]
+    fit_arguments = record_fit()
+
+    code, printed = train_here("--weights_from", str(checkpoint), "--model.lr=0.5", "--model.lr_schedule=constant")
+    assert code == 0, printed[-3000:]
+    assert fit_arguments[-1]["ckpt_path"] is None  # a new run: new optimizer, schedule and histories
+    for key, value in weights.items():
+        assert torch.equal(fit_arguments[-1]["state"][key], value), key

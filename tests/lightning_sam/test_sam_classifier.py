@@ -175,8 +175,33 @@ def test_checkpoint_of_a_different_model_is_refused_with_the_fix(tmp_path):
     model = _model(lambda: TwoBranchMLP(hidden=8), optimizer="sgd")
     trainer = _fit(model, _data(16), batch_size=16, max_steps=1, default_root_dir=tmp_path, enable_checkpointing=True)
     other = _model(BNBody, optimizer="sgd")
-    with pytest.raises(ValueError, match="different model.*config.yaml"):
+    with pytest.raises(ValueError, match="different model") as refusal:
         _fit(other, _data(16), batch_size=16, max_steps=2, ckpt_path=trainer.checkpoint_callback.best_model_path)
+    assert "config.yaml" not in str(refusal.value)  # a run folder's config.yaml was not always the checkpoint's
+
+
+def test_resume_with_other_training_settings_is_refused_with_the_differences(tmp_path):
+    body = lambda: TwoBranchMLP(hidden=8)  # noqa: E731
+    first = _fit(
+        _model(body), _data(16), batch_size=8, max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True
+    )
+    checkpoint = first.checkpoint_callback.best_model_path
+
+    faster = SAMClassifier(body(), lr_schedule="constant", momentum=0.9, weight_decay=1e-3, lr=0.5)
+    with pytest.raises(ValueError, match=r"lr: 0\.1 in the checkpoint, 0\.5 now.*--weights_from"):
+        _fit(faster, _data(16), batch_size=8, max_steps=4, ckpt_path=checkpoint)
+    resumed = _fit(_model(body, nonfinite="skip"), _data(16), batch_size=8, max_steps=4, ckpt_path=checkpoint)
+    assert resumed.global_step == 4  # a failure policy may change
+    loaded = SAMClassifier.load_from_checkpoint(checkpoint, body=body(), lr=0.5)  # not a resume: no refusal
+    assert loaded.hparams.lr == 0.5
+
+
+def test_resuming_a_cosine_schedule_over_more_steps_is_refused(tmp_path):
+    model = SAMClassifier(TwoBranchMLP(hidden=8), lr_schedule="cosine")
+    first = _fit(model, _data(16), batch_size=8, max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)
+    longer = SAMClassifier(TwoBranchMLP(hidden=8), lr_schedule="cosine")
+    with pytest.raises(ValueError, match="cosine schedule length: 2 steps in the checkpoint, 4 now"):
+        _fit(longer, _data(16), batch_size=8, max_steps=4, ckpt_path=first.checkpoint_callback.best_model_path)
 
 
 def test_bf16_mixed_trains_on_cpu():

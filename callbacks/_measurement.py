@@ -1,11 +1,14 @@
-"""When the epoch-end measuring callbacks run, and how they log: shared by all of them."""
+"""What the measuring callbacks share: when they run, how they log, and the history they keep."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
+from typing_extensions import override
 
 
 def check_every_n_epochs(every_n_epochs: int) -> int:
@@ -45,3 +48,27 @@ def log_measurement(pl_module: pl.LightningModule, metrics: Mapping[str, float])
 def tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
     """The trainer's TensorBoard logger, if it has one (figures and histograms go there)."""
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+class MeasuringCallback(Callback):
+    """What every measuring callback keeps: a ``history`` of its measurements, saved in checkpoints.
+
+    Attributes:
+        history: one dict per measurement: ``epoch``, ``step`` and the measured values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[dict[str, float]] = []
+
+    def record(self, trainer: pl.Trainer, values: Mapping[str, float]) -> None:
+        """Appends one measurement, stamped with the trainer's epoch and step."""
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict["history"]]

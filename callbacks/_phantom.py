@@ -25,9 +25,9 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_sam.callbacks.evaluation_mode import evaluation_mode
+from lightning_sam.callbacks._evaluation_mode import evaluation_mode
+from lightning_sam.callbacks._representation import detect_head, final_linear, head_detected
 from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
-from lightning_sam.callbacks.representation import detect_head, final_linear, head_detected
 from lightning_sam.functional.importance import phantom_point
 from lightning_sam.functional.perturbation import PerturbationSpec, Scope
 
@@ -201,7 +201,7 @@ def check_head(
 ) -> None:
     """Finds (or, when named, validates) the model's head before the first measurement, on two training examples.
 
-    Raises the error of :func:`~lightning_sam.callbacks.representation.detect_head` when no ``nn.Linear`` produces
+    Raises the error of :func:`~lightning_sam.callbacks._representation.detect_head` when no ``nn.Linear`` produces
     the model's output. Without a map-style training set (an iterable dataset) the last ``nn.Linear`` is assumed.
     """
     if head is not None:

@@ -1,31 +1,14 @@
-"""Default readers of a batch's fields, for :class:`~lightning_sam.batch.FeatureBatch` or plain ``(x, y)`` batches.
+"""Deprecated alias of :mod:`lightning_sam.callbacks._batch_fields`, private to the callbacks now."""
 
-Callbacks take these as adapter arguments; a project with another batch layout passes its own one-line functions,
-e.g. ``batch_features=lambda batch: batch["attributes"]``.
-"""
+import warnings
 
-from __future__ import annotations
+from lightning_sam.callbacks._batch_fields import batch_features, batch_group, batch_input, batch_target
 
-from typing import Any
+__all__ = ["batch_features", "batch_group", "batch_input", "batch_target"]
 
-from torch import Tensor
-
-
-def batch_input(batch: Any) -> Tensor:
-    """The model input: ``batch.x``, i.e. ``batch[0]``."""
-    return batch[0]
-
-
-def batch_target(batch: Any) -> Tensor:
-    """The ``(B,)`` class labels: ``batch.y``, i.e. ``batch[1]``."""
-    return batch[1]
-
-
-def batch_features(batch: Any) -> Tensor:
-    """The ``(B, F)`` feature labels of a :class:`~lightning_sam.batch.FeatureBatch` (``batch.features``)."""
-    return batch.features
-
-
-def batch_group(batch: Any) -> Tensor:
-    """The ``(B,)`` group ids of a :class:`~lightning_sam.batch.FeatureBatch` (``batch.group``)."""
-    return batch.group
+warnings.warn(
+    "lightning_sam.callbacks.batch_fields is deprecated and will be removed: it is private now, "
+    "lightning_sam.callbacks._batch_fields",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -16,24 +16,29 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_sam.callbacks._measurement import check_every_n_epochs, is_last_epoch, log_measurement, measurement_due
+from lightning_sam.callbacks._batch_fields import batch_features, batch_input
+from lightning_sam.callbacks._evaluation_mode import evaluation_mode
+from lightning_sam.callbacks._measurement import (
+    MeasuringCallback,
+    check_every_n_epochs,
+    is_last_epoch,
+    log_measurement,
+    measurement_due,
+)
 from lightning_sam.callbacks._phantom import check_head
-from lightning_sam.callbacks.batch_fields import batch_features, batch_input
-from lightning_sam.callbacks.evaluation_mode import evaluation_mode
+from lightning_sam.callbacks._representation import RepresentationSpec, representation
+from lightning_sam.callbacks._sharded_map import sharded_map
 from lightning_sam.callbacks.protocols import FeatureData
-from lightning_sam.callbacks.representation import RepresentationSpec, representation
-from lightning_sam.callbacks.sharded_map import sharded_map
 from lightning_sam.functional.linear_probe import DEFAULT_L2_GRID, LinearProbe, fit_linear_probe
 
 ProbeLoaders = tuple[DataLoader, DataLoader] | Callable[[], tuple[DataLoader, DataLoader]]
 
 
-class FeatureProbe(Callback):
+class FeatureProbe(MeasuringCallback):
     """Fits one linear probe per annotated feature on the frozen representation and logs its test accuracy.
 
     With a ``lightning_sam`` datamodule nothing needs configuring: the probe data are its decorrelated probe
@@ -102,7 +107,6 @@ class FeatureProbe(Callback):
         self.val_fraction = val_fraction
         self.seed = seed
         self.probes: dict[str, LinearProbe] = {}
-        self.history: list[dict[str, float]] = []
         self._probed_step = -1
 
     @override
@@ -160,7 +164,7 @@ class FeatureProbe(Callback):
         result = trainer.strategy.broadcast(result, src=0)  # every rank logs rank zero's numbers
         probes, metrics = result
         self.probes = {name: LinearProbe(**fields).to(pl_module.device) for name, fields in probes.items()}
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        self.record(trainer, metrics)
         self._probed_step = trainer.global_step
         return metrics
 
@@ -215,7 +219,7 @@ class FeatureProbe(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "history": [dict(h) for h in self.history],
+            **super().state_dict(),
             "probes": {
                 name: {f.name: _to_cpu(getattr(p, f.name)) for f in dataclasses.fields(p)}
                 for name, p in self.probes.items()
@@ -225,7 +229,7 @@ class FeatureProbe(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict["history"]]
+        super().load_state_dict(state_dict)
         self.probes = {name: LinearProbe(**fields) for name, fields in state_dict["probes"].items()}
         self._probed_step = state_dict["probed_step"]
 

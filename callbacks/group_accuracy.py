@@ -13,17 +13,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_sam.callbacks.batch_fields import batch_group, batch_input, batch_target
+from lightning_sam.callbacks._batch_fields import batch_group, batch_input, batch_target
+from lightning_sam.callbacks._measurement import MeasuringCallback
 from lightning_sam.callbacks.protocols import GroupData
 from lightning_sam.functional.group_accuracy import average_group_accuracy, worst_group_accuracy
 from lightning_sam.metrics.per_group_accuracy import PerGroupAccuracy
 
 
-class GroupAccuracy(Callback):
+class GroupAccuracy(MeasuringCallback):
     """Per-group accuracy of the model's predictions on the validation and test data.
 
     The logits are the ``"logits"`` entry of what ``validation_step`` / ``test_step`` return when there is one
@@ -62,7 +62,6 @@ class GroupAccuracy(Callback):
         self.group_weights = weights
         self.batch_input, self.batch_target, self.batch_group = batch_input, batch_target, batch_group
         self.metrics: dict[str, PerGroupAccuracy] = {}
-        self.history: list[dict[str, float]] = []
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -142,7 +141,7 @@ class GroupAccuracy(Callback):
         for key, value in values.items():
             pl_module.log(key, value, sync_dist=True, reduce_fx="max")  # equal on all ranks: max keeps it exact
         if not trainer.sanity_checking:
-            self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+            self.record(trainer, values)
 
     def _weights(self, trainer: pl.Trainer) -> Tensor:
         if self.group_weights is None:
@@ -152,11 +151,3 @@ class GroupAccuracy(Callback):
         if len(self.group_weights) != self.num_groups:
             raise ValueError(f"GroupAccuracy: {len(self.group_weights)} group weights for {self.num_groups} groups")
         return self.group_weights
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict["history"]]

@@ -20,12 +20,18 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from lightning_sam.callbacks._measurement import check_every_n_epochs, log_measurement, measurement_due, tensorboard
+from lightning_sam.callbacks._batch_fields import batch_input, batch_target
+from lightning_sam.callbacks._measurement import (
+    MeasuringCallback,
+    check_every_n_epochs,
+    log_measurement,
+    measurement_due,
+    tensorboard,
+)
 from lightning_sam.callbacks._phantom import (
     PerturbationOverride,
     PhantomSampling,
@@ -33,12 +39,11 @@ from lightning_sam.callbacks._phantom import (
     gather_rows,
     phantom_batches,
 )
-from lightning_sam.callbacks.batch_fields import batch_input, batch_target
 from lightning_sam.functional.importance import importance_weights
 from lightning_sam.functional.inequality import gini_coefficient, lorenz_curve, within_class_gini
 
 
-class ImportanceWeights(Callback):
+class ImportanceWeights(MeasuringCallback):
     """Logs the Gini coefficients and Lorenz curves of real and phantom importance weights on fixed examples.
 
     Attributes:
@@ -88,7 +93,6 @@ class ImportanceWeights(Callback):
         self.head = head
         self.batch_input, self.batch_target = batch_input, batch_target
         self.dataset = dataset
-        self.history: list[dict[str, float]] = []
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -136,16 +140,8 @@ class ImportanceWeights(Callback):
         if trainer.is_global_zero and logger is not None and self.lorenz_figure is not False:
             figure = _lorenz_figure(real, phantom, y, metrics, trainer.current_epoch)
             logger.experiment.add_figure("importance/lorenz", figure, global_step=trainer.global_step, close=False)
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        self.record(trainer, metrics)
         return metrics
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict["history"]]
 
 
 def _lorenz_figure(real: Tensor, phantom: Tensor, y: Tensor, gini: dict[str, float], epoch: int) -> Figure:

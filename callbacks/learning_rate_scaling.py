@@ -26,13 +26,19 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from lightning_sam.callbacks._measurement import check_every_n_epochs, log_measurement, measurement_due, tensorboard
+from lightning_sam.callbacks._batch_fields import batch_input, batch_target
+from lightning_sam.callbacks._measurement import (
+    MeasuringCallback,
+    check_every_n_epochs,
+    log_measurement,
+    measurement_due,
+    tensorboard,
+)
 from lightning_sam.callbacks._phantom import (
     PerturbationOverride,
     PhantomSampling,
@@ -40,10 +46,9 @@ from lightning_sam.callbacks._phantom import (
     gather_rows,
     phantom_batches,
 )
-from lightning_sam.callbacks.batch_fields import batch_input, batch_target
+from lightning_sam.callbacks._representation import final_linear
 from lightning_sam.callbacks.feature_probe import FeatureProbe
 from lightning_sam.callbacks.protocols import FeatureBlocks, FeatureData
-from lightning_sam.callbacks.representation import final_linear
 from lightning_sam.functional.learning_rate_scaling import (
     block_directions,
     feature_contrast,
@@ -53,7 +58,7 @@ from lightning_sam.functional.learning_rate_scaling import (
 )
 
 
-class LearningRateScaling(Callback):
+class LearningRateScaling(MeasuringCallback):
     """Logs the centred head's real and phantom weight on every feature, the relative gain, flips and ratios.
 
     Computed in eval mode through ``torch.autograd.grad`` and ``torch.func.functional_call``: parameters,
@@ -115,7 +120,6 @@ class LearningRateScaling(Callback):
         self.head = head
         self.batch_input, self.batch_target = batch_input, batch_target
         self.dataset = dataset
-        self.history: list[dict[str, float]] = []
         self._probe: FeatureProbe | None = None
         self._warned = False
 
@@ -215,7 +219,7 @@ class LearningRateScaling(Callback):
             logger.experiment.add_histogram(
                 "scaling/log_relative_gain", gain[torch.isfinite(gain)].cpu(), global_step=trainer.global_step
             )
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        self.record(trainer, metrics)
         return metrics
 
     def _feature_directions(self, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
@@ -234,11 +238,3 @@ class LearningRateScaling(Callback):
     def _blocks(self, pl_module: pl.LightningModule) -> dict[str, slice] | None:
         body = getattr(pl_module, "body", None)
         return dict(body.feature_blocks) if isinstance(body, FeatureBlocks) else None
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict["history"]]

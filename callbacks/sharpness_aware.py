@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_sam.callbacks._batch_fields import batch_input, batch_target
 from lightning_sam.callbacks._phantom import check_head
-from lightning_sam.callbacks.batch_fields import batch_input, batch_target
-from lightning_sam.callbacks.representation import final_linear
+from lightning_sam.callbacks._representation import final_linear
 from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats
 from lightning_sam.functional.perturbation import PerturbationSpec, global_norm
 from lightning_sam.sam import SAM

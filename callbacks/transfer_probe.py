@@ -15,24 +15,24 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_sam.callbacks._batch_fields import batch_input, batch_target
+from lightning_sam.callbacks._evaluation_mode import evaluation_mode
+from lightning_sam.callbacks._measurement import MeasuringCallback
 from lightning_sam.callbacks._phantom import check_head
-from lightning_sam.callbacks.batch_fields import batch_input, batch_target
-from lightning_sam.callbacks.evaluation_mode import evaluation_mode
+from lightning_sam.callbacks._representation import RepresentationSpec, final_linear, representation
+from lightning_sam.callbacks._sharded_map import sharded_map
 from lightning_sam.callbacks.protocols import TransferData  # also importable from here, its former home
-from lightning_sam.callbacks.representation import RepresentationSpec, final_linear, representation
-from lightning_sam.callbacks.sharded_map import sharded_map
 from lightning_sam.functional.linear_probe import DEFAULT_L2_GRID, fit_linear_probe
 
 __all__ = ["TransferData", "TransferProbe"]
 
 
-class TransferProbe(Callback):
+class TransferProbe(MeasuringCallback):
     """Fits a linear probe on the target domain's frozen representation when training ends (optionally during it).
 
     The accuracy is logged to the Trainer's loggers as ``transfer/<domain>/acc``, put in
@@ -81,7 +81,6 @@ class TransferProbe(Callback):
         self.representation = representation
         self.batch_input, self.batch_target = batch_input, batch_target
         self.accuracy: float | None = None
-        self.history: list[dict[str, float]] = []
         self._measured_step = -1
 
     @override
@@ -144,7 +143,7 @@ class TransferProbe(Callback):
             accuracy = probe.accuracy(eval_x, eval_y)
         self.accuracy = trainer.strategy.broadcast(accuracy, src=0)  # every rank logs rank zero's number
         metrics = {f"transfer/{datamodule.test_domain}/acc": self.accuracy}
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        self.record(trainer, metrics)
         self._measured_step = trainer.global_step
         return metrics
 
@@ -160,13 +159,13 @@ class TransferProbe(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "history": [dict(h) for h in self.history],
+            **super().state_dict(),
             "accuracy": self.accuracy,
             "measured_step": self._measured_step,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict["history"]]
+        super().load_state_dict(state_dict)
         self.accuracy = state_dict["accuracy"]
         self._measured_step = state_dict["measured_step"]

@@ -32,14 +32,16 @@ BATCH, STEPS = 128, 30
 
 
 class StepTimer(pl.Callback):
+    """Times every training step, synchronising CUDA around it."""
+
     def __init__(self) -> None:
         self.times: list[float] = []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
         torch.cuda.synchronize()
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
         torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._start)
 

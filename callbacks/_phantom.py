@@ -15,9 +15,9 @@ statistics gathered with :func:`gather_rows` equal the one-process ones.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sized
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pytorch_lightning as pl
 import torch
@@ -102,7 +102,7 @@ class PhantomSampling:
 class PhantomBatch(NamedTuple):
     """One fixed batch seen at the real and at its own phantom point."""
 
-    index: int  # the batch's position in the one-process order
+    batch_index: int  # the batch's position in the one-process order
     positions: Tensor  # (B,) the examples' positions in the fixed set, for gathering per-example values
     y: Tensor  # (B,)
     real_logits: Tensor  # (B, K) at θ
@@ -215,7 +215,7 @@ def check_head(
         return
     train_loader = trainer.train_dataloader
     collate_fn = train_loader.collate_fn if isinstance(train_loader, DataLoader) else None
-    examples = [0, 1] if len(dataset) > 1 else [0]
+    examples = [0, 1] if len(cast(Sized, dataset)) > 1 else [0]
     loader = DataLoader(dataset, batch_sampler=[examples], collate_fn=collate_fn, generator=torch.Generator())
     batch = move_data_to_device(next(iter(loader)), pl_module.device)
     detect_head(pl_module, batch_input(batch))
@@ -242,7 +242,9 @@ def _rank_batches(trainer: pl.Trainer, dataset: Dataset, sampling: PhantomSampli
     train_loader = trainer.train_dataloader
     batch_size = sampling.batch_size or getattr(train_loader, "batch_size", None) or 128
     generator = torch.Generator().manual_seed(sampling.seed)
-    chosen = torch.randperm(len(dataset), generator=generator)[: sampling.num_examples].sort().values.tolist()
+    chosen = (
+        torch.randperm(len(cast(Sized, dataset)), generator=generator)[: sampling.num_examples].sort().values.tolist()
+    )
     batches = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
     own = list(range(trainer.global_rank, len(batches), trainer.world_size))
     collate_fn = train_loader.collate_fn if isinstance(train_loader, DataLoader) else None

@@ -100,6 +100,7 @@ def representation(model: nn.Module, x: Tensor, spec: RepresentationSpec = None)
     """``(B, D)`` representation of the input batch ``x`` (flattened after the batch dimension)."""
     if callable(spec):
         return spec(model, x).flatten(1)
+    module: nn.Module | None
     if spec is None:
         _, module = final_linear(model)
     else:

@@ -85,11 +85,9 @@ class FeatureProbe(MeasuringCallback):
         super().__init__()
         if representation is not None and not (isinstance(representation, str) or callable(representation)):
             raise ValueError(f"representation must be None, a module name or f(model, x), got {representation!r}")
-        if probe_dataloaders is not None and not callable(probe_dataloaders):
-            if not (isinstance(probe_dataloaders, Sequence) and len(probe_dataloaders) == 2):
-                raise ValueError(
-                    "probe_dataloaders must be a (fit, evaluate) pair of loaders or a function returning one"
-                )
+        pair = isinstance(probe_dataloaders, Sequence) and len(probe_dataloaders) == 2
+        if probe_dataloaders is not None and not callable(probe_dataloaders) and not pair:
+            raise ValueError("probe_dataloaders must be a (fit, evaluate) pair of loaders or a function returning one")
         if feature_names is not None and (len(feature_names) == 0 or len(set(feature_names)) != len(feature_names)):
             raise ValueError(f"feature_names must be non-empty and distinct, got {list(feature_names)}")
         if not l2_grid or any(not lam >= 0 for lam in l2_grid):
@@ -153,7 +151,8 @@ class FeatureProbe(MeasuringCallback):
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Fits every feature's probe on the current weights; returns (and records) the metrics to log."""
         names = self.feature_names
-        assert names is not None and self.probe_dataloaders is not None, "setup() sets them"
+        assert names is not None, "setup() sets them"
+        assert self.probe_dataloaders is not None, "setup() sets them"
         loaders = self.probe_dataloaders() if callable(self.probe_dataloaders) else self.probe_dataloaders
         with evaluation_mode(pl_module), torch.no_grad():
             fit_x, fit_f = self._extract(trainer, pl_module, loaders[0])

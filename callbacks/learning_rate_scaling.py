@@ -179,7 +179,8 @@ class LearningRateScaling(MeasuringCallback):
                 rank_zero_warn("LearningRateScaling: FeatureProbe has not fitted probes yet; skipping this epoch.")
                 self._warned = True
             return {}
-        assert self.easy is not None and self.hard is not None, "setup() sets them"
+        assert self.easy is not None, "setup() sets it"
+        assert self.hard is not None, "setup() sets it"
         spec = self.perturbation.resolve(pl_module, "LearningRateScaling", trainer)
         batches = phantom_batches(
             trainer, pl_module, spec, self.sampling, self.head, self.batch_input, self.batch_target, self.dataset
@@ -197,7 +198,7 @@ class LearningRateScaling(MeasuringCallback):
             log_relative_gain(easy, hard),
         ]
         local = torch.stack([c.double() for c in columns], dim=1)
-        index = torch.tensor([b.index for b in batches], dtype=torch.long, device=local.device)
+        index = torch.tensor([b.batch_index for b in batches], dtype=torch.long, device=local.device)
         rows = gather_rows(trainer, index, local)
         v_phantom, flipped = rows[:, : len(names)], rows[:, len(names) : 2 * len(names)].bool()
         ratio_phantom, gain = rows[:, -2], rows[:, -1]

@@ -106,7 +106,7 @@ class SharpnessAware(Callback):
         self.loss = loss
         self.batch_input, self.batch_target = batch_input, batch_target
         self.eps = float(eps)
-        self._perturbed: list[nn.Parameter] | None = None
+        self._perturbed: list[Tensor] | None = None
         self._sam: SAM | None = None
         self._batch: Any = None
 
@@ -160,7 +160,7 @@ class SharpnessAware(Callback):
                     "fused=False."
                 )
 
-    def _scope_parameters(self, pl_module: pl.LightningModule) -> list[nn.Parameter] | None:
+    def _scope_parameters(self, pl_module: pl.LightningModule) -> list[Tensor] | None:
         """The parameters the phantom point moves (``None``: all the optimizer's), in ``named_parameters`` order."""
         spec = self.perturbation_spec
         if spec.scope == "all":

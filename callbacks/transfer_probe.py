@@ -1,6 +1,6 @@
-"""The paper's transfer evaluation on DomainBed (docs/method.md section 7): how well the learnt features serve a new
-domain.
+"""The paper's transfer evaluation on DomainBed: how well the learnt features serve a new domain.
 
+docs/method.md section 7.
 When training ends (and, with ``every_n_epochs``, after every n-th validation epoch) the model is frozen, its
 representation of the held-out target domain is extracted, a linear probe
 (:func:`~lightning_sam.functional.fit_linear_probe`) is fitted on the target's 80 % "in" part and its accuracy on the

@@ -118,7 +118,7 @@ def remove_stale_temporaries(folder: Path, name: str, suffix: str) -> list[Path]
     Returns:
         The paths removed.
     """
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     prefix = f".{name}."
@@ -294,10 +294,10 @@ def _check_tar_member(member: tarfile.TarInfo, root: str, links: set[str], top: 
         links.add("/".join(final))
     if member.issym():
         # a symlink's target is relative to the folder holding the link, in the stripped layout
-        target = member.linkname
-        if posixpath.isabs(target) or not _inside(root, posixpath.join("/".join(final[:-1]), target)):
+        link = member.linkname
+        if posixpath.isabs(link) or not _inside(root, posixpath.join("/".join(final[:-1]), link)):
             raise ValueError(
-                f"Refusing to extract archive member {name!r}: it links to {target!r}, outside the target folder"
+                f"Refusing to extract archive member {name!r}: it links to {link!r}, outside the target folder"
                 f"{' once its top folder is stripped' if top is not None else ''}."
             )
     elif member.islnk():

@@ -203,7 +203,7 @@ def write_tiny_celeba(
     images.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     blond, male = CELEBA_ATTRIBUTES.index("Blond_Hair"), CELEBA_ATTRIBUTES.index("Male")
-    rows = []  # (file, partition, 40 values), partitions in file order as released
+    rows: list[tuple[str, int, list[int]]] = []  # (file, partition, 40 values), partitions in file order as released
     for partition, sizes in sorted(counts.items()):
         groups = [g for g, size in enumerate(sizes) for _ in range(size)]
         rng.shuffle(groups)

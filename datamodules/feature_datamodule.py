@@ -9,7 +9,9 @@ Subclasses set ``num_classes``, ``feature_names`` and ``num_groups`` in ``__init
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import pytorch_lightning as pl
 import torch
@@ -64,7 +66,7 @@ class FeatureDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=SeededEpochSampler(dataset, self.seed) if shuffle else None,
+            sampler=SeededEpochSampler(cast(Sized, dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

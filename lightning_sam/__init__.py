@@ -1,5 +1,7 @@
-"""lightning-sam: Sharpness-Aware Minimization for PyTorch Lightning, and callbacks that show how it balances
-feature learning (Springer et al., ICLR 2024)."""
+"""lightning-sam: Sharpness-Aware Minimization for PyTorch Lightning.
+
+With callbacks that show how it balances feature learning (Springer et al., ICLR 2024).
+"""
 
 from lightning_sam.batch import FeatureBatch
 from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats

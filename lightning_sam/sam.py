@@ -114,7 +114,8 @@ class SAM(Optimizer):
         if not params:
             zero = torch.zeros(())
             return Ascent(zero, zero)
-        step = perturbation(params, [p.grad for p in params], self.rho, self.adaptive, self.eta, self.eps)
+        grads = [p.grad for p in params if p.grad is not None]  # every one: params were chosen by their grad
+        step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps)
         # θ + ε in one fused pass into new tensors; the parameters point at them and keep θ aside untouched, so
         # the restore is a pointer swap, exact and free (no copy of θ is ever made)
         phantom = torch._foreach_add(params, step.epsilon)
@@ -139,7 +140,7 @@ class SAM(Optimizer):
         finally:
             self.restore()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """The base optimizer's update of the real parameters; with a closure, the whole SAM step.
 
         Without a closure, the update uses the gradients the parameters now hold. With a closure that zeroes the
@@ -176,17 +177,21 @@ class SAM(Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """The base optimizer's ``zero_grad``."""
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds the group to the base optimizer (and so to the shared groups)."""
         if not hasattr(self, "base_optimizer"):  # called by Optimizer.__init__ on the shared groups
             return super().add_param_group(param_group)
         self.base_optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state: SAM itself keeps none between steps."""
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads the base optimizer's state and shares its new containers."""
         self.base_optimizer.load_state_dict(state_dict)
         # load_state_dict replaces the base optimizer's containers: share the new ones
         self.param_groups = self.base_optimizer.param_groups
@@ -196,4 +201,3 @@ class SAM(Optimizer):
         kind = "ASAM" if self.adaptive else "SAM"
         subset = "" if self._perturbed is None else f", {len(self._perturbed)} perturbed tensors"
         return f"{kind}(rho={self.rho}{subset}, base={self.base_optimizer!r})"
-

@@ -17,7 +17,7 @@ averaged over all devices (one device with the global batch), ``"local"`` from e
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -34,7 +34,7 @@ from lightning_sam.functional.perturbation import PerturbationSpec, global_norm
 from lightning_sam.sam import SAM, Ascent
 
 OptimizerName = Literal["sgd", "sam", "asam", "lsam"]
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "asam", "lsam")
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 RESUMABLE_CHANGES = frozenset({"nonfinite", "_instantiator"})  # may differ from the checkpoint's on resume
 
 
@@ -363,7 +363,7 @@ class SAMClassifier(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _lsam_params(self) -> list[nn.Parameter]:
+    def _lsam_params(self) -> list[Tensor]:
         """The parameters LSAM perturbs: the head's weight, and its bias with ``lsam_bias``."""
         bias = self.head.bias if self.hparams.get("lsam_bias", False) and self.head.bias is not None else None
         return [self.head.weight] if bias is None else [self.head.weight, bias]

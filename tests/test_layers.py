@@ -125,7 +125,7 @@ def _resolve(node: ast.ImportFrom, package: str) -> str:
 
 
 def imports_in(source: str, module: str, is_package: bool = False, first_line: int = 1) -> list[Import]:
-    """Every module ``source`` imports, anywhere in it, with line numbers counted from ``first_line``.
+    r"""Every module ``source`` imports, anywhere in it, with line numbers counted from ``first_line``.
 
     Args:
         source: Python source.
@@ -134,7 +134,7 @@ def imports_in(source: str, module: str, is_package: bool = False, first_line: i
         first_line: the file line of the source's first line (for doctests).
 
     Example:
-        >>> source = "import torch\\ndef f():\\n    from ..datamodules import toy\\n"
+        >>> source = "import torch\ndef f():\n    from ..datamodules import toy\n"
         >>> [i.module for i in imports_in(source, "lightning_sam.callbacks.x")]
         ['torch', 'lightning_sam.datamodules', 'lightning_sam.datamodules.toy']
     """
@@ -168,9 +168,9 @@ def docstrings(tree: ast.AST) -> list[ast.Constant]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                if isinstance(first.value.value, str):
-                    found.append(first.value)
+            is_string = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            if is_string and isinstance(first.value.value, str):
+                found.append(first.value)
     return found
 
 
@@ -275,7 +275,8 @@ def test_scanner_catches_a_back_edge(tmp_path: Path, folder: str, source: str, l
     path.write_text(source)
     broken = violations(path, source, repo=tmp_path)
     assert [(v.path, v.line) for v in broken] == [(f"{folder}/module.py", line)], broken
-    assert rule in broken[0].rule and rule in str(broken[0])
+    assert rule in broken[0].rule
+    assert rule in str(broken[0])
 
 
 def test_scanner_accepts_the_allowed_directions(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ class ResNetBody(nn.Module):
         self.out_features = out_features
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, out_features)`` representation of the input batch."""
         return self.resnet(x)
 
 

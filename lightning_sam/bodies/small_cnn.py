@@ -52,6 +52,7 @@ class SmallCNN(nn.Module):
         self.out_features = channels * height * width
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, out_features)`` representation of the input batch."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"SmallCNN was built for inputs {self.input_shape} (its out_features depend on it), got "

@@ -46,6 +46,7 @@ class TwoBranchMLP(nn.Module):
         self.feature_blocks = {"easy": slice(0, block_size), "hard": slice(block_size, 2 * block_size)}
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, out_features)`` representation of the input batch."""
         if x.ndim != 2 or x.shape[1] != 3:
             raise ValueError(f"TwoBranchMLP expects (B, 3) inputs [x_easy, x_hard_1, x_hard_2], got {tuple(x.shape)}")
         return torch.cat([self.easy(x[:, :1]), self.hard(x[:, 1:])], dim=1)

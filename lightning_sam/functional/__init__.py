@@ -1,5 +1,7 @@
-"""Pure maths behind the optimizer and the callbacks: the perturbation, probes, importance-weight inequality,
-phantom points, feature weights, groups."""
+"""Pure maths behind the optimizer and the callbacks.
+
+The perturbation, probes, importance-weight inequality, phantom points, feature weights, groups.
+"""
 
 from lightning_sam.functional.group_accuracy import (
     average_group_accuracy,
@@ -25,30 +27,30 @@ from lightning_sam.functional.perturbation import Perturbation, PerturbationSpec
 
 __all__ = [
     "FeatureScaling",
+    "LinearProbe",
     "Perturbation",
     "PerturbationSpec",
+    "PhantomPoint",
+    "average_group_accuracy",
+    "block_directions",
     "centred_head",
     "feature_contrast",
     "feature_scaling",
     "feature_vector",
-    "global_norm",
-    "log_relative_gain",
-    "perturbation",
-    "within_class_gini",
-    "LinearProbe",
-    "PhantomPoint",
-    "average_group_accuracy",
-    "block_directions",
     "feature_weight",
     "fit_linear_probe",
     "gini_coefficient",
+    "global_norm",
     "group_accuracy",
     "group_counts",
     "head_phantom",
     "held_out_split",
     "importance_weights",
+    "log_relative_gain",
     "lorenz_curve",
+    "perturbation",
     "phantom_point",
     "probe_directions",
+    "within_class_gini",
     "worst_group_accuracy",
 ]

@@ -81,7 +81,7 @@ def head_phantom(
         grads.append(residual.sum(dim=0))
     epsilon = perturbation(params, grads, rho, adaptive=adaptive, eta=eta, eps=eps).epsilon
     w_tilde = weight + epsilon[0]
-    b_tilde = bias + epsilon[1] if len(epsilon) > 1 else bias
+    b_tilde = bias + epsilon[1] if bias is not None and len(epsilon) > 1 else bias
     return w_tilde, b_tilde
 
 

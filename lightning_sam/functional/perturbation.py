@@ -92,6 +92,7 @@ def perturbation(
         zero = torch.zeros(())
         return Perturbation([], zero, zero)
     grads = [g.detach() for g in grads]
+    direction: Sequence[Tensor]
     if adaptive:
         # T = |θ| + η on weights; biases and norm-layer parameters (ndim <= 1) are not rescaled
         scales = [p.detach().abs().add_(eta) if p.ndim > 1 else torch.ones_like(p) for p in params]
@@ -105,7 +106,7 @@ def perturbation(
     finite = torch.isfinite(grad_norm)
     # a 0-d device tensor: no .item(), no branch on its value
     scale = torch.where(finite, rho / (grad_norm + eps), torch.zeros_like(grad_norm))
-    epsilon = torch._foreach_mul(direction, scale)
+    epsilon = list(torch._foreach_mul(list(direction), scale))
     # a non-finite gradient times a zero scale is still NaN: zero ε in place, one pass and no copy of the gradient
     # (masking the direction first, with torch.where, cost three passes: a third of an SGD step on ResNet-18)
     not_finite = ~finite

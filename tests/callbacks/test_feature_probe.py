@@ -76,14 +76,14 @@ def test_feature_probe_leaves_parameters_gradients_buffers_modes_and_rng_as_foun
 
 def test_feature_probe_without_feature_labels_names_the_fix(tmp_path):
     data = DataLoader(TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,))), batch_size=8)
-    with pytest.raises(ValueError, match="FeatureProbe needs probe data with feature labels.*probe_dataloaders="):
+    with pytest.raises(ValueError, match=r"FeatureProbe needs probe data with feature labels.*probe_dataloaders="):
         trainer(tmp_path, max_epochs=1, callbacks=[FeatureProbe()]).fit(TinyClassifier(), data)
 
 
 def test_feature_probe_on_plain_xy_batches_asks_for_batch_features(tmp_path):
     xy = DataLoader(TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,))), batch_size=8)
     probe = FeatureProbe(probe_dataloaders=(xy, xy), feature_names=["label"])
-    with pytest.raises(ValueError, match="FeatureProbe could not read feature labels.*batch_features="):
+    with pytest.raises(ValueError, match=r"FeatureProbe could not read feature labels.*batch_features="):
         trainer(tmp_path, max_epochs=1, callbacks=[probe]).fit(TinyClassifier(), xy)
 
 
@@ -137,3 +137,16 @@ def test_feature_probe_every_n_epochs_zero_probes_only_at_the_end(tmp_path):
 def _steps_per_epoch(datamodule: TwoFeatureDataModule) -> int:
     datamodule.setup("fit")
     return len(datamodule.train_dataloader())
+
+
+class _ConstantProbeFeature(TwoFeatureDataModule):
+    def setup(self, stage=None):
+        super().setup(stage)
+        self.probe_train_dataset.features[:, 1] = 0
+
+
+def test_feature_probe_names_a_single_class_feature_before_training_starts(tmp_path):
+    fitting = trainer(tmp_path, max_epochs=1, callbacks=[FeatureProbe()])
+    with pytest.raises(ValueError, match="FeatureProbe: feature 'b' has a single class"):
+        fitting.fit(TinyClassifier(), _ConstantProbeFeature())
+    assert fitting.global_step == 0

@@ -47,7 +47,7 @@ def test_group_accuracy_uses_the_logits_the_step_returns(tmp_path):
 
 def test_group_accuracy_without_groups_names_the_fix(tmp_path):
     data = DataLoader(TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,))), batch_size=8)
-    with pytest.raises(ValueError, match="GroupAccuracy needs groups.*num_groups="):
+    with pytest.raises(ValueError, match=r"GroupAccuracy needs groups.*num_groups="):
         trainer(tmp_path, callbacks=[GroupAccuracy()]).fit(TinyClassifier(), data, data)
 
 

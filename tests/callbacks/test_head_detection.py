@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_sam.callbacks import FeatureProbe, ImportanceWeights, LearningRateScaling, SharpnessAware
-from lightning_sam.callbacks.representation import detect_head, final_linear
+from lightning_sam.callbacks._representation import detect_head, final_linear
 from tests.tiny import TinyClassifier, TwoFeatureDataModule, trainer
 
 
@@ -30,7 +30,8 @@ def test_detect_head_finds_the_layer_that_produces_the_output_and_leaves_the_mod
     assert final_linear(model)[0] == "auxiliary"  # by registration order: the wrong layer
     assert detect_head(model, torch.randn(4, 3))[0] == "head"
     assert final_linear(model)[0] == "head"  # remembered for this model
-    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize(

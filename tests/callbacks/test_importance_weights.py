@@ -100,7 +100,8 @@ def test_importance_weights_by_default_draws_lorenz_only_when_tensorboard_is_the
     callback = ImportanceWeights(rho=0.1)
     trainer(tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path)).fit(TinyClassifier(), TwoFeatureDataModule())
     measured = len(callback.history)
-    assert measured > 0 and not drawn
+    assert measured > 0
+    assert not drawn
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer(tmp_path, callbacks=[callback], logger=logger).fit(TinyClassifier(), TwoFeatureDataModule())
     assert len(drawn) == len(callback.history) - measured > 0
@@ -108,7 +109,7 @@ def test_importance_weights_by_default_draws_lorenz_only_when_tensorboard_is_the
 
 def test_importance_weights_lorenz_figure_without_tensorboard_names_the_fix(tmp_path):
     callback = ImportanceWeights(rho=0.1, lorenz_figure=True)
-    with pytest.raises(ValueError, match="no TensorBoardLogger.*lorenz_figure=False"):
+    with pytest.raises(ValueError, match=r"no TensorBoardLogger.*lorenz_figure=False"):
         trainer(tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path)).fit(
             TinyClassifier(), TwoFeatureDataModule()
         )
@@ -149,4 +150,5 @@ def test_importance_weights_and_learning_rate_scaling_share_one_phantom_pass(tmp
     importance = measurement_forwards([ImportanceWeights(lorenz_figure=False)])
     scaling = measurement_forwards([LearningRateScaling()])
     both = measurement_forwards([ImportanceWeights(lorenz_figure=False), LearningRateScaling()])
-    assert importance > 0 and importance == scaling == both
+    assert importance > 0
+    assert importance == scaling == both

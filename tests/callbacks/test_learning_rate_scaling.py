@@ -73,7 +73,7 @@ def test_learning_rate_scaling_leaves_the_model_as_found(tmp_path):
 
 
 def test_learning_rate_scaling_without_blocks_or_probe_names_the_fix(tmp_path):
-    with pytest.raises(ValueError, match="LearningRateScaling needs feature directions.*add a FeatureProbe"):
+    with pytest.raises(ValueError, match=r"LearningRateScaling needs feature directions.*add a FeatureProbe"):
         trainer(tmp_path, callbacks=[LearningRateScaling(rho=0.1)]).fit(TinyClassifier(), TwoFeatureDataModule())
 
 

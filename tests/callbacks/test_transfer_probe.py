@@ -60,12 +60,14 @@ def test_target_domain_probe_accuracy_is_logged_after_fit(tmp_path: Path) -> Non
     expected = fit_linear_probe(*represent(dm.target_fit_dataset), num_classes=7).accuracy(
         *represent(dm.target_eval_dataset)
     )
-    assert probe.accuracy == pytest.approx(expected) and probe.accuracy > 1 / 6  # above chance on 6 classes
+    assert probe.accuracy == pytest.approx(expected)
+    assert probe.accuracy > 1 / 6
     assert trainer.callback_metrics["transfer/cartoon/acc"].item() == pytest.approx(expected)
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         logged = [float(row["transfer/cartoon/acc"]) for row in csv.DictReader(f) if row.get("transfer/cartoon/acc")]
     # two validation epochs; the end of fit sees the weights the last one measured and does not repeat it
-    assert len(logged) == 2 and logged[-1] == pytest.approx(expected)
+    assert len(logged) == 2
+    assert logged[-1] == pytest.approx(expected)
     assert [(h["epoch"], h["step"]) for h in probe.history] == [(0, trainer.global_step // 2), (1, trainer.global_step)]
     assert probe.history[-1]["transfer/cartoon/acc"] == probe.accuracy
 
@@ -88,7 +90,8 @@ def test_history_and_accuracy_resume_from_a_checkpoint(tmp_path: Path) -> None:
 
     restored = TransferProbe()
     restored.load_state_dict(first.state_dict())
-    assert restored.history == first.history and restored.accuracy == first.accuracy
+    assert restored.history == first.history
+    assert restored.accuracy == first.accuracy
 
     resumed = TransferProbe(every_n_epochs=1)
     _fit(tmp_path, resumed, "cartoon", max_epochs=2, logger=False, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
@@ -112,7 +115,8 @@ def ddp_runs(tmp_path_factory) -> tuple[dict, dict, dict]:
 
 def test_two_process_probe_equals_one_process_on_every_rank(ddp_runs) -> None:
     rank0, rank1, one = ddp_runs
-    assert rank0["history"] == rank1["history"] and len(rank0["history"]) == 1
+    assert rank0["history"] == rank1["history"]
+    assert len(rank0["history"]) == 1
     # each rank extracted half the target data; gathered in dataset order, it is the one-process probe
     assert rank0["accuracy"] == rank1["accuracy"] == one["accuracy"] == one["expected"]
     assert rank0["history"][0]["transfer/target/acc"] == one["history"][0]["transfer/target/acc"]
@@ -120,7 +124,8 @@ def test_two_process_probe_equals_one_process_on_every_rank(ddp_runs) -> None:
 
 def test_datamodule_without_test_domain_is_refused_with_the_fix(tmp_path: Path) -> None:
     write_domainbed(tmp_path, "PACS", per_class=1)
-    with pytest.raises(ValueError, match="TransferProbe needs a datamodule with a held-out target domain.*test_domain"):
+    refused = r"TransferProbe needs a datamodule with a held-out target domain.*test_domain"
+    with pytest.raises(ValueError, match=refused):
         _fit(tmp_path, TransferProbe(), None, max_epochs=1, logger=False)
 
 

@@ -57,7 +57,8 @@ def test_resnet_body_loads_imagenet_weights_safely(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
     body = ResNetBody(depth=18, pretrained=True)
-    assert calls and calls[0]["weights_only"] is True
+    assert calls
+    assert calls[0]["weights_only"] is True
     assert torch.equal(body.resnet.conv1.weight, reference["conv1.weight"])
 
 
@@ -69,4 +70,6 @@ def test_resnet_body_unreachable_weights_give_manual_steps(monkeypatch: pytest.M
     with pytest.raises(RuntimeError) as info:
         ResNetBody(depth=50, pretrained=True)
     message = str(info.value)
-    assert "resnet50-0676ba61.pth" in message and "checkpoints" in message and "pretrained false" in message
+    assert "resnet50-0676ba61.pth" in message
+    assert "checkpoints" in message
+    assert "pretrained false" in message

@@ -57,7 +57,8 @@ def test_lorenz_curve_is_monotone_below_the_diagonal_and_ends_at_one_one():
     w = torch.rand(30, generator=torch.Generator().manual_seed(2))
     x, y = lorenz_curve(w)
     assert (x[0].item(), y[0].item(), x[-1].item(), y[-1].item()) == (0.0, 0.0, 1.0, 1.0)
-    assert bool((y.diff() >= 0).all()) and bool((x.diff() > 0).all())
+    assert bool((y.diff() >= 0).all())
+    assert bool((x.diff() > 0).all())
     assert bool((y <= x + 1e-6).all())
 
 
@@ -86,7 +87,8 @@ def test_importance_weights_of_well_fit_examples_stay_positive_and_ordered():
     # in float32, 1 - softmax underflows to exactly 0 for margins above ~17: every fitted example would tie
     margins = torch.tensor([20.0, 40.0, 80.0])
     w = importance_weights(torch.stack([margins, torch.zeros(3)], dim=1), torch.zeros(3, dtype=torch.long))
-    assert (w > 0).all() and w[0] > w[1] > w[2]
+    assert (w > 0).all()
+    assert w[0] > w[1] > w[2]
     torch.testing.assert_close(w, torch.exp(-margins.double()), rtol=1e-6, atol=0)
 
 
@@ -176,7 +178,9 @@ def test_fit_linear_probe_accuracy_is_within_half_a_point_of_sklearn_with_the_sa
 def test_fit_linear_probe_is_deterministic():
     x, y = _three_class_data(300, seed=4)
     a, b = fit_linear_probe(x, y), fit_linear_probe(x, y)
-    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) and a.l2 == b.l2
+    assert torch.equal(a.weight, b.weight)
+    assert torch.equal(a.bias, b.bias)
+    assert a.l2 == b.l2
 
 
 def test_fit_linear_probe_rejects_a_label_with_a_single_class():
@@ -233,7 +237,8 @@ def test_a_phantom_that_reverses_a_feature_is_a_flip_not_a_larger_weight():
     real = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
     reversed_head = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])  # 3x the norm, the opposite sign
     s = feature_scaling(real, reversed_head, u)
-    assert s.flipped.item() and s.gain.item() == pytest.approx(3.0)
+    assert s.flipped.item()
+    assert s.gain.item() == pytest.approx(3.0)
     batch = torch.stack([real * 0.5, reversed_head, real * 2])  # (3, K, D): one phantom head per batch
     assert feature_scaling(real, batch, u).flipped.tolist() == [False, True, False]
 
@@ -264,7 +269,8 @@ def test_group_accuracy_worst_and_training_weighted_average():
     group = torch.tensor([0, 0, 1, 1, 2, -1])
     correct, total = group_counts(preds, target, group, num_groups=4)
     accuracy = group_accuracy(correct, total)
-    assert accuracy[:3].tolist() == [1.0, 0.5, 1.0] and accuracy[3].isnan()
+    assert accuracy[:3].tolist() == [1.0, 0.5, 1.0]
+    assert accuracy[3].isnan()
     assert worst_group_accuracy(accuracy).item() == 0.5
     expected = (10 * 1.0 + 30 * 0.5 + 60 * 1.0) / 100
     assert average_group_accuracy(accuracy, torch.tensor([10, 30, 60, 1000])).item() == pytest.approx(expected)

@@ -1,11 +1,13 @@
-"""Exact resume: stopped after epoch k and resumed from its checkpoint, a run ends exactly where an uninterrupted run
-ends: parameters, optimizer and scheduler state, the measurement callbacks' histories and the logged metrics."""
+"""Exact resume: a run stopped after epoch k and resumed ends exactly where an uninterrupted run ends.
+
+Parameters, optimizer and scheduler state, the measurement callbacks' histories and the logged metrics.
+"""
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightning_sam import SAMClassifier
+from lightning_sam import OPTIMIZERS, SAMClassifier
 from lightning_sam.bodies import TwoBranchMLP
 from lightning_sam.callbacks import FeatureProbe, GroupAccuracy, ImportanceWeights, LearningRateScaling
 from lightning_sam.datamodules import ToyDataModule
@@ -44,7 +46,7 @@ def run(root, optimizer: str, extra=(), ckpt_path=None):
     return trainer, model, callbacks
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "sam", "lsam"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_resumed_run_equals_uninterrupted_run(tmp_path, optimizer):
     full_trainer, full, full_callbacks = run(tmp_path / "full", optimizer)
     first, _, _ = run(tmp_path / "first", optimizer, extra=[Preempted(STOP_AFTER)])
@@ -60,6 +62,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, optimizer):
         assert torch.equal(state["momentum_buffer"], resumed_opt["state"][key]["momentum_buffer"])
     assert full.lr_schedulers().state_dict() == resumed.lr_schedulers().state_dict()
     for a, b in zip(full_callbacks, callbacks):
-        assert len(a.history) == EPOCHS and a.history == b.history, type(a).__name__
+        assert len(a.history) == EPOCHS, type(a).__name__
+        assert a.history == b.history, type(a).__name__
     final = {k: v.item() for k, v in full_trainer.callback_metrics.items()}
     assert final == {k: v.item() for k, v in trainer.callback_metrics.items()}

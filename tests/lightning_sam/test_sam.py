@@ -45,7 +45,8 @@ def test_zero_gradient_gives_zero_perturbation_not_nan():
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     ascent = sam.ascend()
-    assert ascent.grad_norm.item() == 0.0 and ascent.perturbation_norm.item() == 0.0
+    assert ascent.grad_norm.item() == 0.0
+    assert ascent.perturbation_norm.item() == 0.0
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
 
@@ -166,11 +167,13 @@ def test_scheduler_and_state_dict_act_on_the_base_optimizer():
     scheduler.step()
     assert base.param_groups[0]["lr"] == pytest.approx(0.05)
     state = sam.state_dict()
-    assert state == base.state_dict() and len(state["state"]) == 2
+    assert state == base.state_dict()
+    assert len(state["state"]) == 2
 
     fresh_base = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
     fresh = SAM(fresh_base, rho=0.1)
     fresh.load_state_dict(state)
-    assert fresh.param_groups is fresh_base.param_groups and fresh.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert fresh.param_groups is fresh_base.param_groups
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.05)
     for p in model.parameters():
         torch.testing.assert_close(fresh.state[p]["momentum_buffer"], base.state[p]["momentum_buffer"])

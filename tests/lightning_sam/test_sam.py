@@ -167,8 +167,7 @@ def test_scheduler_and_state_dict_act_on_the_base_optimizer():
     scheduler.step()
     assert base.param_groups[0]["lr"] == pytest.approx(0.05)
     state = sam.state_dict()
-    assert state == base.state_dict()
-    assert len(state["state"]) == 2
+    assert len(state["state"]) == 2  # the base optimizer's momentum buffers, one per parameter
 
     fresh_base = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
     fresh = SAM(fresh_base, rho=0.1)

@@ -39,6 +39,7 @@ from typing_extensions import override
 
 from lightning_sam import SAMClassifier
 from lightning_sam.callbacks import FeatureProbe, GroupAccuracy, ImportanceWeights, LearningRateScaling
+from lightning_sam.datamodules.image_feature_dataset import UnreadableImageError
 
 TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
 
@@ -83,17 +84,23 @@ class Measurements:
             )
 
 
-def measurement_callbacks(measure: Measurements, datamodule: pl.LightningDataModule) -> list[Callback]:
-    """The callbacks that ``measure`` asks for and ``datamodule`` can feed."""
+def measurement_callbacks(
+    measure: Measurements, datamodule: pl.LightningDataModule, model: nn.Module | None = None
+) -> list[Callback]:
+    """The callbacks that ``measure`` asks for and ``datamodule`` (and ``model``) can feed.
+
+    The learning-rate scaling needs feature directions: the body's declared ``feature_blocks`` or the probes.
+    """
     n = measure.every_n_epochs
     features = tuple(getattr(datamodule, "feature_names", ()))
-    has_probe_splits = bool(features) and hasattr(datamodule, "probe_dataloaders")
+    probing = measure.probe and bool(features) and hasattr(datamodule, "probe_dataloaders")
+    blocks = isinstance(getattr(getattr(model, "body", None), "feature_blocks", None), dict)
     callbacks: list[Callback] = []
-    if measure.probe and has_probe_splits:
+    if probing:
         callbacks.append(FeatureProbe(every_n_epochs=n))
     if measure.importance:
         callbacks.append(ImportanceWeights(every_n_epochs=n))
-    if measure.scaling and len(features) >= 2:
+    if measure.scaling and len(features) >= 2 and (probing or blocks):
         callbacks.append(LearningRateScaling(every_n_epochs=n))
     if measure.groups and getattr(datamodule, "num_groups", 0) > 0:
         callbacks.append(GroupAccuracy())
@@ -401,6 +408,10 @@ class TrainCLI(LightningCLI):
             "--weights_from", type=str | None, default=None,
             help="start a new run from this checkpoint's (or state_dict's) weights: new optimizer, schedule, histories",
         )  # fmt: skip
+        parser.add_argument(
+            "--check", type=bool, default=False,
+            help="read every file of the dataset once, report all unreadable ones together, and exit without training",
+        )  # fmt: skip
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -434,7 +445,7 @@ class TrainCLI(LightningCLI):
         trainer = self.config_init["trainer"]
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
-        callbacks = [*configured, *measurement_callbacks(self.config_init["measure"], self.datamodule)]
+        callbacks = [*configured, *measurement_callbacks(self.config_init["measure"], self.datamodule, self.model)]
         if self.config["weights_from"]:
             load_weights(self.model, self.config["weights_from"])
         if trainer.get("fast_dev_run"):  # writes nothing: no run folder
@@ -513,6 +524,20 @@ def default_config_files(argv: list[str]) -> list[str]:
     return [] if named else [str(TOY_CONFIG)]
 
 
+def check_data(datamodule: LightningDataModule) -> str:
+    """``--check``: download if needed, then read every file of every split once (all unreadable files in one error)."""
+    datamodule.prepare_data()
+    check_files = getattr(datamodule, "check_files", None)
+    if check_files is None:
+        return f"--check: {type(datamodule).__name__} has no check_files(); nothing was read"
+    try:
+        count = check_files()
+    except UnreadableImageError as error:
+        raise UsageError(str(error)) from error
+    held = "its data is generated or cached in memory, and was read while building the splits"
+    return f"--check: {type(datamodule).__name__}: " + (f"all {count} files are readable" if count else held)
+
+
 def main() -> None:
     """``python train.py``: a bad input ends with ``train.py: error: ...`` (exit status 2) and leaves no run folder."""
     try:
@@ -534,8 +559,20 @@ def _fit() -> None:
         parser_class=TrainParser,
         parser_kwargs={"default_config_files": default_config_files(sys.argv[1:])},
     )
+    if cli.config["check"]:
+        cli.release_run_folders()  # a check trains nothing and writes nothing
+        print(check_data(cli.datamodule))
+        return
     try:
         cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+    except UnreadableImageError as error:
+        if cli.trainer.global_step == 0:
+            cli.release_run_folders()
+        # the message names the file and the fix; the run's checkpoints, if any, stay
+        message = str(error)
+        if message.startswith("Caught "):  # re-raised from a DataLoader worker, with the worker's traceback
+            message = message.strip().splitlines()[-1].split("UnreadableImageError: ", 1)[-1]
+        raise UsageError(f"{message} (python train.py ... --check reads every file before training)") from error
     except Exception as error:
         if cli.trainer.global_step > 0:
             raise

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_sam.datamodules.demos import write_tiny_waterbirds
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = runpy.run_path(str(ROOT / "train.py"), run_name="train")  # its functions, without running main()
 QUICK = [
@@ -188,3 +190,49 @@ def _writable(folder: Path) -> bool:
         return False
     (folder / ".probe").rmdir()
     return True
+
+
+WATERBIRDS = [
+    "--config", str(ROOT / "configs" / "waterbirds.yaml"), "--model.body.init_args.pretrained=false",
+    "--model.body.init_args.depth=18", "--trainer.default_root_dir=runs", "--trainer.max_epochs=1",
+    "--trainer.enable_progress_bar=false", "--measure.probe=false", "--measure.importance=false",
+]  # fmt: skip
+
+
+def _corrupt_waterbirds(root: Path, count: int) -> list[Path]:
+    write_tiny_waterbirds(root)
+    damaged = sorted(root.rglob("*.jpg"))[:count]
+    for path in damaged:
+        path.write_bytes(b"not a jpeg")
+    return damaged
+
+
+def test_check_lists_every_unreadable_file_at_once_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    damaged = _corrupt_waterbirds(tmp_path / "data", 2)
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check=true")
+    assert code == 2
+    assert "2 of the" in out
+    assert all(str(path.relative_to(tmp_path)) in out for path in damaged)
+    assert _snapshot(tmp_path) == before  # no run folder
+
+
+def test_check_of_readable_data_says_so_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    write_tiny_waterbirds(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check=true")
+    assert code == 0
+    assert "all 44 files are readable" in out
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_corrupt_image_met_in_training_ends_with_one_error_line_naming_it(tmp_path, monkeypatch, capsys):
+    (damaged,) = _corrupt_waterbirds(tmp_path / "data", 1)
+    monkeypatch.chdir(tmp_path)
+    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--data.init_args.num_workers=0")
+    assert code == 2
+    assert f"train.py: error: Cannot read image {damaged.relative_to(tmp_path)}" in out
+    assert "--check" in out
+    assert "Traceback" not in out

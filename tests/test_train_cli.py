@@ -16,6 +16,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning_sam import SAMClassifier
+from lightning_sam.bodies import SmallCNN, TwoBranchMLP
 from lightning_sam.datamodules import ToyDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +207,18 @@ def test_measurement_callbacks_follow_what_the_datamodule_provides():
     assert names == ["FeatureProbe", "ImportanceWeights", "LearningRateScaling", "GroupAccuracy"]
     names = [type(c).__name__ for c in TRAIN["measurement_callbacks"](measure, pl.LightningDataModule())]
     assert names == ["ImportanceWeights"]
+
+
+def test_learning_rate_scaling_is_attached_only_where_feature_directions_exist():
+    def names(model, **flags):
+        measure = TRAIN["Measurements"](**flags)
+        return [type(c).__name__ for c in TRAIN["measurement_callbacks"](measure, ToyDataModule(), model)]
+
+    toy = SAMClassifier(TwoBranchMLP(hidden=4))  # declares feature_blocks
+    plain = SAMClassifier(SmallCNN(input_shape=(3, 8, 8)))  # no blocks: the probes give the directions
+    assert "LearningRateScaling" in names(toy, probe=False)
+    assert "LearningRateScaling" in names(plain)
+    assert "LearningRateScaling" not in names(plain, probe=False)
 
 
 def test_measurements_reject_a_negative_interval():

@@ -161,7 +161,7 @@ class SAMClassifier(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self.train_loss(loss.detach())
+        self.train_loss(loss.detach(), weight=len(y))  # the epoch value: a mean over examples
         self.train_acc(logits.detach(), y)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
@@ -273,7 +273,7 @@ class SAMClassifier(pl.LightningModule):
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        loss_metric(loss)
+        loss_metric(loss, weight=len(y))  # a partial last batch counts by its examples
         acc(logits, y)
         self.log(f"{stage}/loss", loss_metric, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)

@@ -348,3 +348,13 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_body_without_out_features_is_explained():
     with pytest.raises(ValueError, match="out_features"):
         SAMClassifier(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+
+
+def test_validation_loss_is_the_mean_over_examples_with_a_partial_last_batch():
+    model = _model(lambda: TwoBranchMLP(hidden=8), optimizer="lsam", rho=0.1)
+    val = _data(20, seed=3)  # batches of 8, 8 and 4
+    trainer = _trainer(max_epochs=1, limit_val_batches=None)
+    trainer.validate(model, DataLoader(val, batch_size=8))
+    with torch.no_grad():
+        expected = F.cross_entropy(model(val.x), val.y).item()
+    assert trainer.callback_metrics["val/loss"].item() == pytest.approx(expected, rel=1e-6)

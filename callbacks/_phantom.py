@@ -149,7 +149,9 @@ def phantom_batches(
     ``functional_call``: parameters, gradients, buffers and train/eval modes are left exactly as found.
     """
     dataset = _training_dataset(trainer, dataset)
-    key = (trainer.global_step, trainer.current_epoch, spec, sampling, head, batch_input, batch_target, id(dataset))
+    # the weights themselves are part of the key: in-place updates and loads bump each tensor's version counter
+    weights = tuple((id(p), p._version) for p in pl_module.parameters())
+    key = (id(trainer), trainer.global_step, weights, spec, sampling, head, batch_input, batch_target, id(dataset))
     cached = _CACHE.get(pl_module)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -157,8 +159,9 @@ def phantom_batches(
     head_name, head_module = final_linear(pl_module, head)
     weight_name = f"{head_name}.weight"
     batches = []
-    with evaluation_mode(pl_module):
-        for index, positions, batch in _rank_batches(trainer, dataset, sampling):
+    # random augmentations of the training set draw from the global RNG: measuring must not move training's draws
+    with evaluation_mode(pl_module), torch.random.fork_rng(devices=[]):
+        for index, positions, batch in _rank_batches(trainer, pl_module, dataset, sampling):
             batch = move_data_to_device(batch, pl_module.device)
             y = batch_target(batch)
             point = phantom_point(
@@ -234,13 +237,27 @@ def _training_dataset(trainer: pl.Trainer, dataset: Dataset | None) -> Dataset:
     return dataset
 
 
-def _rank_batches(trainer: pl.Trainer, dataset: Dataset, sampling: PhantomSampling) -> list[tuple[int, Tensor, Any]]:
+def _rank_batches(
+    trainer: pl.Trainer, pl_module: nn.Module, dataset: Dataset, sampling: PhantomSampling
+) -> list[tuple[int, Tensor, Any]]:
     """``(batch index, example positions, batch)`` for this rank's whole batches of the fixed examples.
 
-    The batches are cut from the fixed examples in order, as on one process, and collated as in training.
+    The batches are cut from the fixed examples in order, as on one process, and collated as in training. By default
+    a batch is the one whose gradient the training perturbation uses: the global batch (per-device batch x devices),
+    or one device's batch when the model perturbs locally (``SAMClassifier(perturbation="local")``).
     """
     train_loader = trainer.train_dataloader
-    batch_size = sampling.batch_size or getattr(train_loader, "batch_size", None) or 128
+    batch_size = sampling.batch_size
+    if batch_size is None:
+        per_device = getattr(train_loader, "batch_size", None)
+        if not per_device:
+            raise ValueError(
+                "the training loader declares no batch_size (it uses a batch_sampler): pass batch_size=... to the "
+                "measuring callback, the number of examples per phantom point"
+            )
+        hparams = getattr(pl_module, "hparams", None)
+        local = hparams is not None and hparams.get("perturbation") == "local"
+        batch_size = per_device if local else per_device * trainer.world_size
     generator = torch.Generator().manual_seed(sampling.seed)
     chosen = (
         torch.randperm(len(cast(Sized, dataset)), generator=generator)[: sampling.num_examples].sort().values.tolist()

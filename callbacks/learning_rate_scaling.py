@@ -206,13 +206,13 @@ class LearningRateScaling(MeasuringCallback):
         metrics: dict[str, float] = {}
         for j, k in enumerate(names):
             metrics[f"scaling/{k}/v"] = scaling[k].v.item()
-            metrics[f"scaling/{k}/v_phantom"] = v_phantom[:, j].nanmedian().item()
+            metrics[f"scaling/{k}/v_phantom"] = _median(v_phantom[:, j])
             metrics[f"scaling/{k}/flip_rate"] = flipped[:, j].double().mean().item()
             if weight.shape[0] == 2 and directions[k].shape[1] == 1:
                 metrics[f"scaling/{k}/contrast"] = feature_contrast(weight, directions[k]).item()
         metrics["scaling/ratio_real"] = (hard.v / easy.v).item()
-        metrics["scaling/ratio_phantom"] = ratio_phantom.nanmedian().item()
-        metrics["scaling/log_relative_gain"] = gain.nanmedian().item()
+        metrics["scaling/ratio_phantom"] = _median(ratio_phantom)
+        metrics["scaling/log_relative_gain"] = _median(gain)
         easy_or_hard = flipped[:, [names.index(self.easy), names.index(self.hard)]].any(dim=1)
         metrics["scaling/flip_rate"] = easy_or_hard.double().mean().item()
         logger = tensorboard(trainer)
@@ -239,3 +239,8 @@ class LearningRateScaling(MeasuringCallback):
     def _blocks(self, pl_module: pl.LightningModule) -> dict[str, slice] | None:
         body = getattr(pl_module, "body", None)
         return dict(body.feature_blocks) if isinstance(body, FeatureBlocks) else None
+
+
+def _median(values: Tensor) -> float:
+    """The median over batches, the mean of the two middle values for an even count (NaN-free values only)."""
+    return torch.nanquantile(values.double(), 0.5).item()

@@ -318,6 +318,8 @@ class SAMClassifier(pl.LightningModule):
         schedule must span the same number of steps (a longer run would restart the cosine past its end).
         """
         theirs = checkpoint.get("hyper_parameters", {})
+        if theirs:
+            theirs = {**LEGACY_HYPERPARAMETERS, **theirs}
         changed = [
             f"{key}: {theirs[key]!r} in the checkpoint, {value!r} now"
             for key, value in self.hparams.items()
@@ -367,6 +369,10 @@ class SAMClassifier(pl.LightningModule):
         """The parameters LSAM perturbs: the head's weight, and its bias with ``lsam_bias``."""
         bias = self.head.bias if self.hparams.get("lsam_bias", False) and self.head.bias is not None else None
         return [self.head.weight] if bias is None else [self.head.weight, bias]
+
+
+# hyperparameters added since the first release, with the behaviour a checkpoint without them was trained with
+LEGACY_HYPERPARAMETERS = {"lsam_bias": True}  # LSAM perturbed the head's bias too before the option existed
 
 
 class _SkipStep(Exception):

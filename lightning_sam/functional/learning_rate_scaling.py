@@ -138,12 +138,18 @@ def probe_directions(probe_weight: Tensor, rtol: float = 1e-6) -> Tensor:
     that act on the raw representation (:meth:`LinearProbe.representation_weight`).
 
     Example:
-        >>> probe_directions(torch.tensor([[1.0, 0.0], [3.0, 0.0]])).abs().flatten().tolist()
+        >>> probe_directions(torch.tensor([[1.0, 0.0], [3.0, 0.0]])).flatten().tolist()  # towards class 1
         [1.0, 0.0]
+        >>> probe_directions(torch.tensor([[3.0, 0.0], [1.0, 0.0]]))[0].item()
+        -1.0
     """
     centred = probe_weight - probe_weight.mean(dim=0, keepdim=True)
     _, s, vh = torch.linalg.svd(centred.double(), full_matrices=False)
     rank = int((s > rtol * s.max()).sum()) if s.numel() and s.max() > 0 else 0
     if rank == 0:
         raise ValueError("the probe's weights are all equal: it separates nothing, so it gives no feature direction")
-    return vh[:rank].T.to(probe_weight.dtype).contiguous()
+    basis = vh[:rank].T  # (D, r), each column's sign left to the SVD solver
+    # orient every direction towards the last class, so that signed read-outs (the two-class contrast) mean the
+    # same on every device and solver: for two classes, u = (w_1 − w_0) / ‖w_1 − w_0‖
+    signs = torch.where(centred[-1].double() @ basis < 0, -1.0, 1.0).to(basis.dtype)
+    return (basis * signs).to(probe_weight.dtype).contiguous()

@@ -30,7 +30,7 @@ class GiniSync(Callback):
         self.value = metric.compute().item()
 
 
-def run(devices: int, root: Path) -> dict:
+def run(devices: int, root: Path, batch_size: int = 16) -> dict:
     torch.manual_seed(0)
     model = tiny.TinyClassifier(lr=0.0, batchnorm=False)
     probe = FeatureProbe()
@@ -44,7 +44,7 @@ def run(devices: int, root: Path) -> dict:
         callbacks=[probe, importance, gini],
         limit_val_batches=0,
     )
-    fit.fit(model, tiny.TwoFeatureDataModule(n=N, batch_size=16))
+    fit.fit(model, tiny.TwoFeatureDataModule(n=N, batch_size=batch_size))
     return {
         "probe_history": probe.history,
         "probes": {k: (p.weight, p.bias, p.mean, p.std, p.l2) for k, p in probe.probes.items()},

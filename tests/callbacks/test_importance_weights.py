@@ -152,3 +152,15 @@ def test_importance_weights_and_learning_rate_scaling_share_one_phantom_pass(tmp
     both = measurement_forwards([ImportanceWeights(lorenz_figure=False), LearningRateScaling()])
     assert importance > 0
     assert importance == scaling == both
+
+
+def test_importance_weights_of_a_second_fit_measure_the_new_weights(tmp_path):
+    # the shared phantom pass is cached per model and step: a second fit repeats the step numbers, not the weights
+    model, datamodule = TinyClassifier(), TwoFeatureDataModule()
+    for _ in range(2):
+        callback = ImportanceWeights(rho=0.5, num_examples=1000, lorenz_figure=False)
+        trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, datamodule)
+    model.eval()
+    with torch.no_grad():
+        weights = importance_weights(model(datamodule.train_dataset.x), datamodule.train_dataset.y)
+    assert callback.history[-1]["importance/gini_real"] == pytest.approx(gini_coefficient(weights).item(), abs=1e-6)

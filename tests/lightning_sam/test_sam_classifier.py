@@ -197,6 +197,30 @@ def test_resume_with_other_training_settings_is_refused_with_the_differences(tmp
     assert loaded.hparams.lr == 0.5
 
 
+def test_a_checkpoint_from_before_lsam_bias_resumes_only_as_the_lsam_it_trained(tmp_path):
+    body = lambda: TwoBranchMLP(hidden=8)  # noqa: E731
+    first = _fit(
+        _model(body, optimizer="lsam", rho=0.1), _data(16), batch_size=8, max_steps=2, default_root_dir=tmp_path,
+        enable_checkpointing=True,
+    )  # fmt: skip
+    old = torch.load(first.checkpoint_callback.best_model_path, weights_only=True)
+    del old["hyper_parameters"]["lsam_bias"]  # written before the option existed: the bias was perturbed
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="lsam_bias: True in the checkpoint, False now"):
+        _fit(
+            _model(body, optimizer="lsam", rho=0.1),
+            _data(16),
+            batch_size=8,
+            max_steps=4,
+            ckpt_path=tmp_path / "old.ckpt",
+        )
+    resumed = _fit(
+        _model(body, optimizer="lsam", rho=0.1, lsam_bias=True), _data(16), batch_size=8, max_steps=4,
+        ckpt_path=tmp_path / "old.ckpt",
+    )  # fmt: skip
+    assert resumed.global_step == 4
+
+
 def test_resuming_a_cosine_schedule_over_more_steps_is_refused(tmp_path):
     model = SAMClassifier(TwoBranchMLP(hidden=8), lr_schedule="cosine")
     first = _fit(model, _data(16), batch_size=8, max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)

@@ -20,7 +20,8 @@ def test_readme_sam_snippet_trains_a_foreign_module():
     namespace: dict = {}
     exec(readme_python_block("## Using SAM in your own LightningModule"), namespace)
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    norm = torch.nn.BatchNorm1d(16)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), norm, torch.nn.ReLU(), torch.nn.Linear(16, 2))
     module = namespace["MySAMModule"](net)
     before = [p.detach().clone() for p in net.parameters()]
     x = torch.randn(64, 4)
@@ -30,3 +31,4 @@ def test_readme_sam_snippet_trains_a_foreign_module():
     assert trainer.global_step == 8
     assert not module.optimizers().optimizer.at_phantom_point
     assert all(not torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    assert norm.num_batches_tracked.item() == 8  # once per step: the phantom pass leaves the statistics alone

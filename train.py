@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import ActionYesNo
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
@@ -41,7 +42,9 @@ from lightning_sam import SAMClassifier
 from lightning_sam.callbacks import FeatureProbe, GroupAccuracy, ImportanceWeights, LearningRateScaling
 from lightning_sam.datamodules.image_feature_dataset import UnreadableImageError
 
-TOY_CONFIG = Path(__file__).resolve().parent / "configs" / "toy.yaml"
+RESUME_ENV = "LIGHTNING_SAM_RESUME"  # the checkpoint `--ckpt_path last` resolved to, for DDP's child processes
+REPO = Path(__file__).resolve().parent
+TOY_CONFIG = REPO / "configs" / "toy.yaml"
 
 SUMMARY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/worst_group_acc")
 SUMMARY_PREFIXES = ("probe/", "importance/gini", "scaling/ratio", "transfer/")
@@ -205,7 +208,11 @@ def claim_run_folder(root: Path, version: int | str | None = None) -> RunFolder:
 
 
 def latest_last_checkpoint(logs_root: Path) -> Path:
-    """What ``--ckpt_path last`` resumes: ``checkpoints/last.ckpt`` of the highest ``version_N`` under ``logs_root``."""
+    """What ``--ckpt_path last`` resumes: ``checkpoints/last.ckpt`` of the highest ``version_N`` that has one.
+
+    Runs stopped before their first checkpoint (or resumes of a finished run) leave folders without one; they are
+    passed over.
+    """
     runs = sorted(
         (int(m[1]), logs_root / m[0])
         for m in (re.fullmatch(r"version_(\d+)", d) for d in (os.listdir(logs_root) if logs_root.is_dir() else ()))
@@ -213,13 +220,13 @@ def latest_last_checkpoint(logs_root: Path) -> Path:
     )
     if not runs:
         raise UsageError(f"--ckpt_path last: there is no run folder (version_N) in {logs_root} to resume")
-    last = runs[-1][1] / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise UsageError(
-            f"--ckpt_path last: the latest run folder {runs[-1][1]} has no checkpoints/last.ckpt; pass the checkpoint "
-            "to resume as --ckpt_path <file>"
-        )
-    return last
+    for _, folder in reversed(runs):
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            return (folder / "checkpoints" / "last.ckpt").resolve()
+    raise UsageError(
+        f"--ckpt_path last: no run folder in {logs_root} ({', '.join(f.name for _, f in runs)}) has "
+        "checkpoints/last.ckpt; pass the checkpoint to resume as --ckpt_path <file>"
+    )
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -409,13 +416,16 @@ class TrainCLI(LightningCLI):
             help="start a new run from this checkpoint's (or state_dict's) weights: new optimizer, schedule, histories",
         )  # fmt: skip
         parser.add_argument(
-            "--check", type=bool, default=False,
+            "--check", action=ActionYesNo, default=False,
             help="read every file of the dataset once, report all unreadable ones together, and exit without training",
         )  # fmt: skip
 
     @override
     def before_instantiate_classes(self) -> None:
         self.run_folders, self.ckpt_path = [], None
+        if self.config["check"] and "model.body.init_args.pretrained" in self.config:
+            # --check reads the data only: an offline node must not need the body's pretrained weights for it
+            self.config["model.body.init_args.pretrained"] = False
         trainer = self.config["trainer"]
         if trainer.get("gradient_clip_val") is not None:
             self.parser.error(
@@ -448,9 +458,6 @@ class TrainCLI(LightningCLI):
         callbacks = [*configured, *measurement_callbacks(self.config_init["measure"], self.datamodule, self.model)]
         if self.config["weights_from"]:
             load_weights(self.model, self.config["weights_from"])
-        if trainer.get("fast_dev_run"):  # writes nothing: no run folder
-            self.ckpt_path = self.config["ckpt_path"]
-            return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
         logger = trainer.get("logger")
         if logger is None or logger is True:
@@ -469,9 +476,17 @@ class TrainCLI(LightningCLI):
                 f"Resume it with --ckpt_path {stale[0]}, or move it away, or give OnExceptionCheckpoint another dirpath"
             )
         if self.ckpt_path == "last":
-            self.ckpt_path = str(latest_last_checkpoint(logs_root))
+            # resolved once, by the process the user started: the processes a DDP launch starts later inherit it
+            # (resolved again, `last` could name the folder this run is about to claim)
+            resolved = os.environ.get(RESUME_ENV) or str(latest_last_checkpoint(logs_root))
+            os.environ[RESUME_ENV] = self.ckpt_path = resolved
         if self.ckpt_path:
             check_training_checkpoint(self.ckpt_path)
+            self.config["ckpt_path"] = str(Path(self.ckpt_path).resolve())  # config.yaml names what was resumed
+        if self.config["weights_from"]:
+            self.config["weights_from"] = str(Path(self.config["weights_from"]).resolve())
+        if trainer.get("fast_dev_run"):  # writes nothing: no run folder
+            return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
         run_dir = None
         if rank_zero_only.rank == 0:  # processes a DDP launch starts take rank 0's folder (Lightning broadcasts it)
@@ -538,6 +553,29 @@ def check_data(datamodule: LightningDataModule) -> str:
     return f"--check: {type(datamodule).__name__}: " + (f"all {count} files are readable" if count else held)
 
 
+def _raised_by_an_input_check(error: BaseException) -> bool:
+    """Whether an error before the first step comes from checking the inputs rather than from running code.
+
+    Such errors are raised where the inputs are read or checked: the datamodules, the callbacks, a checkpoint's
+    load and the resume checks. A ``ValueError`` from a model's forward (a shape mismatch) is a bug, and keeps its
+    traceback.
+    """
+    if isinstance(error, MisconfigurationException):
+        return True
+    if not isinstance(error, ValueError | OSError):
+        return False
+    checking = (REPO / "datamodules", REPO / "callbacks")
+    checks = {"setup", "prepare_data", "on_load_checkpoint", "load_state_dict"}
+    traceback_ = error.__traceback__
+    while traceback_ is not None:
+        code = traceback_.tb_frame.f_code
+        path = Path(code.co_filename).resolve()
+        if code.co_name in checks or any(path.is_relative_to(folder) for folder in checking):
+            return True
+        traceback_ = traceback_.tb_next
+    return False
+
+
 def main() -> None:
     """``python train.py``: a bad input ends with ``train.py: error: ...`` (exit status 2) and leaves no run folder."""
     try:
@@ -545,6 +583,8 @@ def main() -> None:
     except UsageError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        os.environ.pop(RESUME_ENV, None)
 
 
 def _fit() -> None:
@@ -576,11 +616,10 @@ def _fit() -> None:
     except Exception as error:
         if cli.trainer.global_step > 0:
             raise
-        # before the first step, errors come from the inputs: data setup, the checkpoint, the resume checks
         cli.release_run_folders()
-        if isinstance(error, ValueError | OSError | MisconfigurationException):
+        if _raised_by_an_input_check(error):  # data setup, the checkpoint, the resume and callback checks
             raise UsageError(str(error)) from error
-        raise
+        raise  # a bug (in a model's forward, say) keeps its traceback
     if cli.trainer.is_global_zero:
         print(run_summary(cli.trainer))
 

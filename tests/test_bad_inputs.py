@@ -5,6 +5,7 @@ holds a finished run (``runs/lightning_logs/version_0``) and the fixture files t
 """
 
 import hashlib
+import os
 import runpy
 import shutil
 import subprocess
@@ -211,7 +212,7 @@ def test_check_lists_every_unreadable_file_at_once_and_trains_nothing(tmp_path, 
     damaged = _corrupt_waterbirds(tmp_path / "data", 2)
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
-    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check=true")
+    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check")
     assert code == 2
     assert "2 of the" in out
     assert all(str(path.relative_to(tmp_path)) in out for path in damaged)
@@ -222,7 +223,8 @@ def test_check_of_readable_data_says_so_and_trains_nothing(tmp_path, monkeypatch
     write_tiny_waterbirds(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
-    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check=true")
+    pretrained = [*WATERBIRDS, "--model.body.init_args.pretrained=true"]  # an offline node: no weights to fetch
+    code, out = _train(monkeypatch, capsys, *pretrained, "--data.root=data", "--check")
     assert code == 0
     assert "all 44 files are readable" in out
     assert _snapshot(tmp_path) == before
@@ -236,3 +238,41 @@ def test_a_corrupt_image_met_in_training_ends_with_one_error_line_naming_it(tmp_
     assert f"train.py: error: Cannot read image {damaged.relative_to(tmp_path)}" in out
     assert "--check" in out
     assert "Traceback" not in out
+
+
+def test_ckpt_path_last_passes_over_runs_without_a_checkpoint_and_config_names_what_was_resumed(
+    finished_run, tmp_path, monkeypatch, capsys
+):
+    shutil.copytree(finished_run / "runs", tmp_path / "runs")
+    (tmp_path / "runs" / "lightning_logs" / "version_7").mkdir()  # a run stopped before its first checkpoint
+    monkeypatch.chdir(tmp_path)
+    code, out = _train(monkeypatch, capsys, *QUICK, "--ckpt_path=last")
+    assert code == 0, out
+    config = (tmp_path / "runs" / "lightning_logs" / "version_8" / "config.yaml").read_text()
+    assert f"ckpt_path: {(tmp_path / LAST).resolve()}" in config
+    assert TRAIN["RESUME_ENV"] not in os.environ  # DDP's child processes read it; it does not outlive the run
+
+
+def test_fast_dev_run_checks_the_checkpoint_to_resume(finished_run, monkeypatch, capsys):
+    monkeypatch.chdir(finished_run)
+    code, out = _train(monkeypatch, capsys, *QUICK, "--trainer.fast_dev_run=true", "--ckpt_path=toy.yaml")
+    assert code == 2
+    assert "toy.yaml" in out
+    assert "--config" in out
+
+
+class _ShapeBug(torch.nn.Module):
+    """A body whose forward fails: a bug in code, not a bad input."""
+
+    out_features = 2
+
+    def forward(self, x):
+        return torch.zeros(1, 2, requires_grad=True)  # one row, whatever the batch: cross_entropy's ValueError
+
+
+def test_a_bug_in_the_model_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "shape_bug", type(sys)("shape_bug"))
+    sys.modules["shape_bug"].ShapeBug = _ShapeBug
+    with pytest.raises(ValueError, match="batch_size"):
+        _train(monkeypatch, capsys, *QUICK, "--model.body=shape_bug.ShapeBug")

@@ -157,8 +157,9 @@ def reached_levels(loss: float, pending: Sequence[float]) -> list[float]:
 
 
 def _median(values: Tensor) -> float:
+    """The median of the finite values, the mean of the two middle ones for an even count (torch's is the lower)."""
     values = values[torch.isfinite(values)]
-    return float(values.median()) if values.numel() else math.nan
+    return float(torch.quantile(values.double(), 0.5)) if values.numel() else math.nan
 
 
 def _mean(values: Tensor) -> float:

@@ -15,6 +15,7 @@ place.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -88,6 +89,8 @@ class SAM(Optimizer):
         if self._perturbed is not None and not all(id(p) in all_params for p in self._perturbed):
             raise ValueError("perturbed_params must be parameters of base_optimizer")
         self._real: dict[Tensor, Tensor] = {}  # parameter -> its tensor at the real point, while at the phantom
+        self._ascended = False  # since the last step: a base step without an ascent is plain SGD, warned about once
+        self._warned = False
 
     @property
     def at_phantom_point(self) -> bool:
@@ -110,6 +113,7 @@ class SAM(Optimizer):
         """
         if self._real:
             raise RuntimeError("SAM.ascend() called at the phantom point: call restore() first")
+        self._ascended = True
         params = [p for p in self.perturbed_params() if p.grad is not None]
         if not params:
             zero = torch.zeros(())
@@ -166,15 +170,29 @@ class SAM(Optimizer):
         if self._real:
             raise RuntimeError("SAM.step() called at the phantom point: restore() the real parameters first")
         if closure is None:
-            return self.base_optimizer.step()
+            return self._base_step()
         with torch.enable_grad():  # step() may run under no_grad, as torch optimizers allow
             loss = closure()  # the gradient at θ
             if loss is None:
-                return self.base_optimizer.step()
+                return self._base_step()
             with self.phantom_point():
                 closure()  # the gradient at θ + ε
-        self.base_optimizer.step()
+        self._base_step()
         return loss
+
+    def _base_step(self) -> Any:
+        if not self._ascended and self.rho > 0 and not self._warned:
+            # e.g. SAM returned to Lightning under automatic optimization with 16-mixed: the GradScaler calls step()
+            # without a closure, and every step would silently be the base optimizer's
+            warnings.warn(
+                "SAM.step() took a base step without an ascent to the phantom point: this is the base optimizer, not "
+                "SAM. Pass step() a closure that computes and backpropagates the loss, ascend first (phantom_point()), "
+                "or, in a Lightning module with automatic optimization, use lightning_sam.callbacks.SharpnessAware.",
+                stacklevel=3,
+            )
+            self._warned = True
+        self._ascended = False
+        return self.base_optimizer.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """The base optimizer's ``zero_grad``."""

@@ -1,5 +1,7 @@
 """The SAM optimizer wrapper on tiny analytic problems."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -157,6 +159,7 @@ def test_asam_perturbation_has_norm_rho_after_undoing_its_scaling():
     assert torch.linalg.vector_norm(torch.cat(unscaled)).item() == pytest.approx(0.4, rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:SAM.step.. took a base step without an ascent")
 def test_scheduler_and_state_dict_act_on_the_base_optimizer():
     model, x, t = _quadratic()
     base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -176,3 +179,16 @@ def test_scheduler_and_state_dict_act_on_the_base_optimizer():
     assert fresh.param_groups[0]["lr"] == pytest.approx(0.05)
     for p in model.parameters():
         torch.testing.assert_close(fresh.state[p]["momentum_buffer"], base.state[p]["momentum_buffer"])
+
+
+def test_a_base_step_without_an_ascent_warns_that_it_is_not_sam():
+    model, x, t = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1)
+    _loss(model, x, t).backward()
+    with pytest.warns(UserWarning, match="base step without an ascent"):
+        sam.step()  # what a GradScaler does with an optimizer it was handed: no closure, no ascent
+    with sam.phantom_point():  # the README's manual pattern: ascend, backward at θ + ε, restore, step
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sam.step()

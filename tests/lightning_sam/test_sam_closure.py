@@ -80,6 +80,7 @@ def test_closure_step_works_under_no_grad():
     assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:SAM.step.. took a base step without an ascent")
 def test_a_closure_returning_none_runs_once_and_the_base_step_uses_the_gradients_as_they_are():
     # Lightning's manual-optimization closure only runs its hooks: SAMClassifier's opt.step() passes one
     model, x, t = _problem()

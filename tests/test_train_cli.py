@@ -37,6 +37,10 @@ def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
     assert "Finished after 2 epochs, 8 steps." in result.stdout
     assert "tensorboard --logdir runs/toy/lightning_logs" in result.stdout
     assert "Checkpoint:" in result.stdout
+    for key in ("scaling/log_relative_gain", "scaling/flip_rate", "importance/gini_within_class_real",
+                "importance/gini_within_class_phantom", "train/rho_relative"):  # fmt: skip
+        assert key in result.stdout.split("Mechanism:")[1], key  # the mechanism, plainly, with what it means
+    assert "log relative gain > 0" in result.stdout
     version = tmp_path / "runs" / "toy" / "lightning_logs" / "version_0"
     assert list(version.glob("events.out.tfevents.*"))
     assert list((version / "checkpoints").glob("*.ckpt"))
@@ -50,8 +54,10 @@ def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
     expected = {
         "train/loss_epoch", "val/acc", "probe/easy/acc", "probe/hard/acc", "probe/hard/error",
         "importance/gini_real", "importance/gini_phantom", "scaling/ratio_real", "scaling/ratio_phantom",
-        "val/worst_group_acc",
+        "val/worst_group_acc", "importance/gini_within_class_phantom", "scaling/log_relative_gain",
+        "scaling/flip_rate",
     }  # fmt: skip
+    assert events.Tags()["histograms"] == ["scaling/log_relative_gain"]
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("probe/hard/acc")) >= 2  # every epoch
     lorenz = [tag for tag in events.Tags()["images"] if "lorenz" in tag]

@@ -61,7 +61,11 @@ class SAMClassifier(pl.LightningModule):
             ``w̃ = w + ρ ∇_w L / ‖∇_w L‖``; near initialisation the bias can carry most of the head gradient, and a
             phantom that moves it shifts whole classes instead of re-weighting examples).
         gradient_clip_val: clip the update gradient to this total norm (``None``: no clipping).
-        nonfinite: on a non-finite loss, ``"raise"`` (stop with an error) or ``"skip"`` the step. Under
+        nonfinite: on a non-finite gradient, ``"guard"`` (default: the step becomes a no-op on the device, without a
+            host sync, and the error naming the first such step is raised at the next logging interval or at the
+            end of training; the real parameters, momentum and BatchNorm statistics never take a non-finite value),
+            ``"raise"`` (a check every step, which waits for the device: stop at once, naming the inputs when they
+            are the cause) or ``"skip"`` (skip such steps and train on). Under
             ``16-mixed`` the gradient scaler handles overflows instead.
     """
 
@@ -80,13 +84,13 @@ class SAMClassifier(pl.LightningModule):
         asam_eta: float = 0.01,
         lsam_bias: bool = False,
         gradient_clip_val: float | None = None,
-        nonfinite: Literal["raise", "skip"] = "raise",
+        nonfinite: Literal["guard", "raise", "skip"] = "guard",
     ) -> None:
         super().__init__()
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("perturbation", perturbation, ("global", "local"))
         _check_choice("lr_schedule", lr_schedule, ("cosine", "constant"))
-        _check_choice("nonfinite", nonfinite, ("raise", "skip"))
+        _check_choice("nonfinite", nonfinite, ("guard", "raise", "skip"))
         if not rho >= 0:
             raise ValueError(f"rho must be >= 0, got {rho}: it is the radius of the perturbation")
         if num_classes < 2:
@@ -109,6 +113,8 @@ class SAMClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # guard mode: the first step whose gradient was not finite (-1: none), kept on the device
+        self._first_nonfinite_step: Tensor | None = None
 
     # --- the interface callbacks use -------------------------------------------------------------------------
 
@@ -149,9 +155,9 @@ class SAMClassifier(pl.LightningModule):
         x, y = batch[0], batch[1]
         opt = self.optimizers()
         # a skipped step must leave everything as before: the forward at θ already moved BatchNorm's statistics
-        buffers = [b.clone() for b in self.buffers()] if self.hparams.nonfinite == "skip" else None
+        buffers = [b.clone() for b in self.buffers()] if self.hparams.nonfinite != "raise" else None
         try:
-            loss, logits = self._sam_step(opt, x, y)
+            loss, logits = self._sam_step(opt, x, y, buffers)
         except _SkipStep:
             for buffer, saved in zip(self.buffers(), buffers or (), strict=True):
                 buffer.copy_(saved)
@@ -167,7 +173,7 @@ class SAMClassifier(pl.LightningModule):
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
         return loss.detach()
 
-    def _sam_step(self, opt: Any, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _sam_step(self, opt: Any, x: Tensor, y: Tensor, buffers: list[Tensor] | None) -> tuple[Tensor, Tensor]:
         """One update; returns the loss and logits at the real parameters."""
         name = self.hparams.optimizer
 
@@ -200,9 +206,63 @@ class SAMClassifier(pl.LightningModule):
         else:
             self._check_finite(loss, "loss", x)
 
-        opt.step()
+        guard = self._guarded()
+        found_inf = self._flag_nonfinite_gradient(opt) if guard else None
+        opt.step()  # with found_inf set, the fused base step leaves parameters and momentum as they were
+        if found_inf is not None and buffers is not None:
+            self._keep_buffers_unless_finite(found_inf, buffers)
         opt.zero_grad()
         return loss, logits
+
+    def _guarded(self) -> bool:
+        """Whether steps are guarded on the device: ``nonfinite="guard"`` where fused SGD runs, without a GradScaler."""
+        trainer = self._trainer  # None before fit: no GradScaler to defer to
+        scaler = None if trainer is None else getattr(trainer.precision_plugin, "scaler", None)
+        return self.hparams.nonfinite == "guard" and scaler is None and self.device.type in ("cpu", "cuda")
+
+    def _flag_nonfinite_gradient(self, opt: Any) -> Tensor:
+        """Tells the fused base optimizer, on the device, whether this step's gradient is non-finite."""
+        base = getattr(opt.optimizer, "base_optimizer", opt.optimizer)
+        grads = [p.grad for group in base.param_groups for p in group["params"] if p.grad is not None]
+        found_inf = torch.zeros((), device=self.device)
+        # GradScaler's kernel: one pass over the gradients, no host sync (with a scale of 1, nothing is unscaled)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones((), device=self.device))
+        for group in base.param_groups:  # a checkpoint of a "raise" run may bring non-fused groups
+            group["fused"], group["foreach"] = True, False
+        base.grad_scale, base.found_inf = None, found_inf
+        first = self._first_nonfinite_step
+        if first is None:
+            first = self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        first.copy_(torch.where((found_inf > 0) & (first < 0), self.trainer.global_step, first))
+        return found_inf
+
+    @torch.no_grad()
+    def _keep_buffers_unless_finite(self, found_inf: Tensor, saved: list[Tensor]) -> None:
+        """Puts the buffers (BatchNorm statistics) back as they were before a non-finite step, on the device."""
+        for buffer, before in zip(self.buffers(), saved, strict=True):
+            buffer.copy_(torch.where(found_inf > 0, before, buffer))
+
+    def _raise_if_a_step_was_not_finite(self) -> None:
+        """Guard mode: one host sync per logging interval, and at the end of training."""
+        first = self._first_nonfinite_step
+        if first is None or int(first) < 0:
+            return
+        raise FloatingPointError(
+            f"non-finite gradient at global step {int(first)} (the first one): that step, and any such step after it, "
+            "left the parameters, momentum and BatchNorm statistics as they were. Lower --model.lr or --model.rho, "
+            "set --model.gradient_clip_val, check the data (--model.nonfinite raise stops at the step and names "
+            "non-finite inputs), or pass --model.nonfinite skip to train on past such steps."
+        )
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._guarded() and self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            self._raise_if_a_step_was_not_finite()
+
+    @override
+    def on_train_end(self) -> None:
+        if self._guarded():
+            self._raise_if_a_step_was_not_finite()
 
     def _set_head_ascent_gradient(self, loss: Tensor) -> None:
         """LSAM: ``∇_W L`` (and ``∇_b L``) into the head's ``.grad``, keeping the graph for the descent's backward."""
@@ -219,6 +279,8 @@ class SAMClassifier(pl.LightningModule):
     def _check_finite(self, loss: Tensor, where: str, x: Any) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # 16-mixed: the GradScaler skips overflowing steps and lowers its scale
+        if self._guarded():
+            return  # checked on the device before the step (_flag_nonfinite_gradient), no host sync
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
         if finite:
             return
@@ -347,8 +409,9 @@ class SAMClassifier(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         base = torch.optim.SGD(
-            self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay
-        )
+            self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay,
+            fused=True if self._guarded() else None,  # fused SGD skips a flagged step on the device
+        )  # fmt: skip
         if hp.optimizer == "sgd":
             optimizer: torch.optim.Optimizer = base
         else:

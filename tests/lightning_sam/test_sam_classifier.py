@@ -314,7 +314,7 @@ def test_skipped_step_leaves_parameters_and_batchnorm_statistics_as_before(optim
 
 @pytest.mark.parametrize("optimizer", ["sgd", "sam"])
 def test_nonfinite_input_is_blamed_on_the_input_not_on_lr_or_rho(optimizer):
-    model = _model(BNBody, optimizer=optimizer, rho=0.1)
+    model = _model(BNBody, optimizer=optimizer, rho=0.1, nonfinite="raise")
     with pytest.raises(FloatingPointError, match=r"input batch itself holds non-finite values \(examples \[3\]"):
         _fit(model, _nan_input_data(16), batch_size=16, max_steps=1)
 
@@ -382,3 +382,59 @@ def test_validation_loss_is_the_mean_over_examples_with_a_partial_last_batch():
     with torch.no_grad():
         expected = F.cross_entropy(model(val.x), val.y).item()
     assert trainer.callback_metrics["val/loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+class _PoisonedOnce(BNBody):
+    """NaN at the phantom point of the third step only (the sixth forward of a SAM run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = super().forward(x)
+        return out * float("nan") if self.calls == 6 else out
+
+
+def test_guard_turns_a_nonfinite_step_into_a_no_op_and_names_it_at_the_end():
+    model = _model(_PoisonedOnce, optimizer="sam", rho=0.1)  # nonfinite="guard", the default
+    snapshots = []
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            opt = pl_module.optimizers().optimizer.base_optimizer
+            state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            snapshots.append((state, [opt.state[p]["momentum_buffer"].clone() for p in pl_module.parameters()]))
+
+    with pytest.raises(FloatingPointError, match="non-finite gradient at global step 2 "):
+        _fit(model, _data(64), batch_size=16, max_epochs=1, callbacks=[Snapshot()])
+    (after_2, momentum_2), (after_3, momentum_3) = snapshots[1], snapshots[2]
+    for key, value in after_3.items():  # the poisoned third step left everything as the second step did
+        assert torch.equal(value, after_2[key]), key
+    for a, b in zip(momentum_3, momentum_2):
+        assert torch.equal(a, b)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    assert not any(torch.equal(v, after_2[k]) for k, v in snapshots[3][0].items() if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_a_guarded_step_waits_for_the_device_nowhere(optimizer, monkeypatch):
+    syncs = []
+    step = SAMClassifier._sam_step
+
+    def counting_step(self, *args):
+        # every way Python reads a tensor's value waits for the device: count them inside the step
+        patched = {"item", "__bool__", "__int__", "__float__", "tolist"}
+        originals = {name: getattr(torch.Tensor, name) for name in patched}
+        for name, original in originals.items():
+            monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=original, _n=name: syncs.append(_n) or _o(t, *a))
+        try:
+            return step(self, *args)
+        finally:
+            for name, original in originals.items():
+                monkeypatch.setattr(torch.Tensor, name, original)
+
+    monkeypatch.setattr(SAMClassifier, "_sam_step", counting_step)
+    _fit(_model(BNBody, optimizer=optimizer, rho=0.1), _data(32), batch_size=16, max_epochs=1)
+    assert syncs == []

@@ -301,13 +301,15 @@ class SAMClassifier(pl.LightningModule):
         )
 
     def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, scaled: bool) -> None:
+        self.log("train/loss_phantom", phantom_loss.detach(), on_step=True, on_epoch=True)  # every step: epoch mean
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps:
+            return  # the step-only statistics are written at the logging interval: computed only then
         grad_norm = ascent.grad_norm
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaled and scaler is not None:
             grad_norm = grad_norm / scaler.get_scale()  # the ascent backward ran on the scaled loss
         self.log("train/grad_norm", grad_norm.float(), on_step=True, on_epoch=False)
         self.log("train/perturbation_norm", ascent.perturbation_norm.float(), on_step=True, on_epoch=False)
-        self.log("train/loss_phantom", phantom_loss.detach(), on_step=True, on_epoch=True)
         self.log("train/rho_relative", self._rho_relative(), on_step=True, on_epoch=False)
 
     @torch.no_grad()

@@ -32,7 +32,8 @@ def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
-    result = _train("--trainer.max_epochs", "2", *SMALL_TOY, cwd=tmp_path)
+    # 8 steps: a logging interval of 4 writes the step statistics (the default of 10 would not, in so short a run)
+    result = _train("--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "4", *SMALL_TOY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Finished after 2 epochs, 8 steps." in result.stdout
     assert "tensorboard --logdir runs/toy/lightning_logs" in result.stdout

@@ -242,7 +242,7 @@ def test_bf16_mixed_trains_on_cpu():
 def test_lsam_learns_the_toy():
     pl.seed_everything(0)
     model = SAMClassifier(TwoBranchMLP(hidden=16), optimizer="lsam", rho=0.2, lr=0.1)
-    trainer = _trainer(max_epochs=5, limit_val_batches=None)
+    trainer = _trainer(max_epochs=5, limit_val_batches=None, log_every_n_steps=1)  # the last step's statistics
     trainer.fit(model, ToyDataModule(batch_size=32, n_train=512, n_val=256, n_probe=16))
     assert trainer.callback_metrics["val/acc"] > 0.95
     for key in ("train/loss", "train/acc", "val/loss", "train/grad_norm", "train/perturbation_norm"):
@@ -438,3 +438,12 @@ def test_a_guarded_step_waits_for_the_device_nowhere(optimizer, monkeypatch):
     monkeypatch.setattr(SAMClassifier, "_sam_step", counting_step)
     _fit(_model(BNBody, optimizer=optimizer, rho=0.1), _data(32), batch_size=16, max_epochs=1)
     assert syncs == []
+
+
+def test_step_statistics_are_computed_at_the_logging_interval_only(monkeypatch):
+    computed = []
+    rho_relative = SAMClassifier._rho_relative
+    monkeypatch.setattr(SAMClassifier, "_rho_relative", lambda self: computed.append(1) or rho_relative(self))
+    trainer = _fit(_model(BNBody, optimizer="sam", rho=0.1), _data(96), batch_size=8, max_epochs=1, log_every_n_steps=4)
+    assert trainer.global_step == 12
+    assert len(computed) == 3  # steps 4, 8 and 12

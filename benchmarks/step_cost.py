@@ -63,12 +63,9 @@ def _data(shape: tuple[int, ...], n: int) -> FeatureTensorDataset:
     return FeatureTensorDataset(x, y, torch.stack([y, y], dim=1))
 
 
-def step_times(
-    make_body, shape, batch_size: int, steps: int, optimizer: str, device: str, precision: str
-) -> list[float]:
-    torch.manual_seed(0)
-    model = SAMClassifier(make_body(), optimizer=optimizer, rho=0.05, lr=0.01, lr_schedule="constant")
-    timer = StepTimer()
+def timed_fit(model: pl.LightningModule, timer: StepTimer, callbacks: list, shape, batch_size: int, steps: int,
+              device: str, precision: str) -> list[float]:  # fmt: skip
+    """Per-step times of ``steps`` training steps of ``model`` on random data, without the first two."""
     trainer = pl.Trainer(
         accelerator=device,
         devices=1,
@@ -79,11 +76,19 @@ def step_times(
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer],
+        callbacks=[timer, *callbacks],
     )
     loader = DataLoader(_data(shape, batch_size * steps), batch_size=batch_size, shuffle=False)
     trainer.fit(model, loader)
     return timer.times[2:]  # the first steps pay for allocation and kernel selection
+
+
+def step_times(
+    make_body, shape, batch_size: int, steps: int, optimizer: str, device: str, precision: str
+) -> list[float]:
+    torch.manual_seed(0)
+    model = SAMClassifier(make_body(), optimizer=optimizer, rho=0.05, lr=0.01, lr_schedule="constant")
+    return timed_fit(model, StepTimer(), [], shape, batch_size, steps, device, precision)
 
 
 def measure(name: str, make_body, shape, batch_size: int, steps: int, rounds: int, device: str, precision: str) -> dict:
@@ -143,21 +148,8 @@ def callback_step_times(make_body, shape, batch_size: int, steps: int, run: str,
     else:
         model = PlainClassifier(make_body())
     timer = CPUStepTimer() if device == "cpu" else StepTimer()
-    trainer = pl.Trainer(
-        accelerator=device,
-        devices=1,
-        precision=precision,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer, *CALLBACK_RUNS.get(run, list)()],
-    )
-    loader = DataLoader(_data(shape, batch_size * steps), batch_size=batch_size, shuffle=False)
-    trainer.fit(model, loader)
-    return timer.times[2:]
+    callbacks = CALLBACK_RUNS.get(run, list)()
+    return timed_fit(model, timer, callbacks, shape, batch_size, steps, device, precision)
 
 
 def measure_callback(name: str, make_body, shape, batch_size: int, steps: int, rounds: int, device: str,

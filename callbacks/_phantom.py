@@ -3,9 +3,9 @@
 Every callback that measures at the phantom point (``ImportanceWeights``, ``LearningRateScaling``) describes what it
 wants with the same two values, a :class:`~lightning_sam.functional.PerturbationSpec` (which phantom point: from
 the model, overridden by explicit arguments) and a :class:`PhantomSampling` (which examples, in which batches), and
-asks :func:`phantom_batches` for the result. The result is cached per model and training step, so callbacks that
-ask for the same measurement share one pass (docs/method.md section 4: each batch gets its own phantom point, from
-the same perturbation the optimizer uses).
+asks :func:`phantom_batches` for the result. The result is cached per trainer and model weights (their version
+counters), so callbacks that ask for the same measurement share one pass (docs/method.md section 4: each batch gets
+its own phantom point, from the same perturbation the optimizer uses).
 
 Under DDP the fixed examples are cut into batches exactly as on one process, and whole batches are dealt to the
 ranks (batch ``b`` to rank ``b mod W``): every phantom point is formed from the same examples as on one process, so

@@ -6,7 +6,6 @@ holds a finished run (``runs/lightning_logs/version_0``) and the fixture files t
 
 import hashlib
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -16,28 +15,9 @@ import pytest
 import torch
 
 from lightning_sam.datamodules.demos import write_tiny_waterbirds
+from tests.train_py import QUICK, ROOT, TRAIN, run_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = runpy.run_path(str(ROOT / "train.py"), run_name="train")  # its functions, without running main()
-QUICK = [
-    "--data.init_args.n_train=64", "--data.init_args.n_val=64", "--data.init_args.n_probe=64",
-    "--data.init_args.batch_size=64", "--trainer.max_epochs=1", "--trainer.default_root_dir=runs",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-    "--measure.probe=false", "--measure.importance=false", "--measure.scaling=false",
-]  # fmt: skip
 LAST = "runs/lightning_logs/version_0/checkpoints/last.ckpt"
-
-
-def _train(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[object, str]:
-    """``python train.py *args`` in this process: its exit code (0 when it returns) and everything it printed."""
-    monkeypatch.setattr(sys, "argv", ["train.py", *args])
-    try:
-        TRAIN["main"]()
-        code: object = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +124,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(flags, culprits, finis
     monkeypatch.chdir(folder)
     before = _snapshot(folder)
 
-    code, printed = _train(monkeypatch, capsys, *QUICK, *flags)
+    code, printed = run_in_process(monkeypatch, capsys, *QUICK, *flags)
 
     assert code == 2, printed[-3000:]
     error = printed[printed.rindex("error:") :]
@@ -177,7 +157,7 @@ def test_an_unwritable_root_is_named(tmp_path, monkeypatch, capsys):
     if _writable(locked):
         pytest.skip("permissions do not bind this user (root)")
     monkeypatch.chdir(tmp_path)
-    code, printed = _train(monkeypatch, capsys, *QUICK, "--trainer.default_root_dir=locked/runs")
+    code, printed = run_in_process(monkeypatch, capsys, *QUICK, "--trainer.default_root_dir=locked/runs")
     assert code == 2
     assert "locked" in printed[printed.rindex("error:") :]
     assert "writable" in printed
@@ -212,7 +192,7 @@ def test_check_lists_every_unreadable_file_at_once_and_trains_nothing(tmp_path, 
     damaged = _corrupt_waterbirds(tmp_path / "data", 2)
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
-    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check")
+    code, out = run_in_process(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--check")
     assert code == 2
     assert "2 of the" in out
     assert all(str(path.relative_to(tmp_path)) in out for path in damaged)
@@ -224,7 +204,7 @@ def test_check_of_readable_data_says_so_and_trains_nothing(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
     pretrained = [*WATERBIRDS, "--model.body.init_args.pretrained=true"]  # an offline node: no weights to fetch
-    code, out = _train(monkeypatch, capsys, *pretrained, "--data.root=data", "--check")
+    code, out = run_in_process(monkeypatch, capsys, *pretrained, "--data.root=data", "--check")
     assert code == 0
     assert "all 44 files are readable" in out
     assert _snapshot(tmp_path) == before
@@ -233,7 +213,7 @@ def test_check_of_readable_data_says_so_and_trains_nothing(tmp_path, monkeypatch
 def test_a_corrupt_image_met_in_training_ends_with_one_error_line_naming_it(tmp_path, monkeypatch, capsys):
     (damaged,) = _corrupt_waterbirds(tmp_path / "data", 1)
     monkeypatch.chdir(tmp_path)
-    code, out = _train(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--data.init_args.num_workers=0")
+    code, out = run_in_process(monkeypatch, capsys, *WATERBIRDS, "--data.root=data", "--data.init_args.num_workers=0")
     assert code == 2
     assert f"train.py: error: Cannot read image {damaged.relative_to(tmp_path)}" in out
     assert "--check" in out
@@ -246,7 +226,7 @@ def test_ckpt_path_last_passes_over_runs_without_a_checkpoint_and_config_names_w
     shutil.copytree(finished_run / "runs", tmp_path / "runs")
     (tmp_path / "runs" / "lightning_logs" / "version_7").mkdir()  # a run stopped before its first checkpoint
     monkeypatch.chdir(tmp_path)
-    code, out = _train(monkeypatch, capsys, *QUICK, "--ckpt_path=last")
+    code, out = run_in_process(monkeypatch, capsys, *QUICK, "--ckpt_path=last")
     assert code == 0, out
     config = (tmp_path / "runs" / "lightning_logs" / "version_8" / "config.yaml").read_text()
     assert f"ckpt_path: {(tmp_path / LAST).resolve()}" in config
@@ -255,7 +235,7 @@ def test_ckpt_path_last_passes_over_runs_without_a_checkpoint_and_config_names_w
 
 def test_fast_dev_run_checks_the_checkpoint_to_resume(finished_run, monkeypatch, capsys):
     monkeypatch.chdir(finished_run)
-    code, out = _train(monkeypatch, capsys, *QUICK, "--trainer.fast_dev_run=true", "--ckpt_path=toy.yaml")
+    code, out = run_in_process(monkeypatch, capsys, *QUICK, "--trainer.fast_dev_run=true", "--ckpt_path=toy.yaml")
     assert code == 2
     assert "toy.yaml" in out
     assert "--config" in out
@@ -275,4 +255,4 @@ def test_a_bug_in_the_model_keeps_its_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "shape_bug", type(sys)("shape_bug"))
     sys.modules["shape_bug"].ShapeBug = _ShapeBug
     with pytest.raises(ValueError, match="batch_size"):
-        _train(monkeypatch, capsys, *QUICK, "--model.body=shape_bug.ShapeBug")
+        run_in_process(monkeypatch, capsys, *QUICK, "--model.body=shape_bug.ShapeBug")

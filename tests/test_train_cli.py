@@ -19,10 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_sam import SAMClassifier
 from lightning_sam.bodies import SmallCNN, TwoBranchMLP
 from lightning_sam.datamodules import ToyDataModule
+from tests.train_py import QUICK, ROOT, TRAIN, run_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_TOY = ["--data.n_train", "256", "--data.n_val", "128", "--data.n_probe", "256", "--data.batch_size", "64"]
-TRAIN = runpy.run_path(str(ROOT / "train.py"), run_name="train")  # its functions, without running main()
 
 
 def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -93,7 +92,6 @@ def test_two_process_ddp_on_cpu_runs_from_the_command_line(tmp_path):
 
 
 def test_toy_config_runs_through_train_py(tmp_path, monkeypatch, capsys):
-    import runpy
 
     argv = ["train.py", f"--config={ROOT / 'configs' / 'toy.yaml'}", "--trainer.fast_dev_run=true"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -235,12 +233,6 @@ def test_measurements_reject_a_negative_interval():
 
 # --- run folders, checkpoints and resuming ------------------------------------------------------------------
 
-QUICK = [
-    "--data.init_args.n_train=64", "--data.init_args.n_val=64", "--data.init_args.n_probe=64",
-    "--data.init_args.batch_size=64", "--trainer.max_epochs=1", "--trainer.default_root_dir=runs",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-    "--measure.probe=false", "--measure.importance=false", "--measure.scaling=false",
-]  # fmt: skip
 RUNS = Path("runs", "lightning_logs")
 
 
@@ -250,14 +242,7 @@ def train_here(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
 
     def train(*args: str) -> tuple[object, str]:
-        monkeypatch.setattr(sys, "argv", ["train.py", *QUICK, *args])
-        try:
-            TRAIN["main"]()
-            code: object = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        captured = capsys.readouterr()
-        return code, captured.out + captured.err
+        return run_in_process(monkeypatch, capsys, *QUICK, *args)
 
     return train
 

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_sam.datamodules import FeatureDataModule
 from lightning_sam.datamodules.feature_tensor_dataset import FeatureTensorDataset
@@ -119,3 +120,33 @@ def assert_same_snapshot(a: dict, b: dict) -> None:
         assert a["grads"][n] is None or torch.equal(a["grads"][n], b["grads"][n]), n
     assert a["modes"] == b["modes"]
     assert torch.equal(a["rng"], b["rng"])
+
+
+def ddp_trainer(devices: int, max_steps: int, **kwargs) -> pl.Trainer:
+    """A Trainer for "N processes equal one process" runs: DDP on CPU when ``devices > 1``, no automatic sampler.
+
+    Lightning's own DistributedSampler shuffles even when the loader does not: the data must come with each rank's
+    shard already chosen (:class:`ShardedData`).
+    """
+    return trainer(
+        None,
+        max_epochs=None,
+        max_steps=max_steps,
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        **kwargs,
+    )
+
+
+class ShardedData(pl.LightningDataModule):
+    """``dataset`` in per-device batches, each rank reading its shard of it in order (a non-shuffling sampler)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int) -> None:
+        super().__init__()
+        self.dataset, self.batch_size = dataset, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = DistributedSampler(self.dataset, shuffle=False)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler)

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_sam.callbacks import SharpnessAware
 from tests import tiny
@@ -51,28 +51,13 @@ def make_model() -> Plain:
 
 
 def trainer(devices: int) -> pl.Trainer:
-    return tiny.trainer(
-        None,
-        max_epochs=None,
-        max_steps=STEPS,
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-        callbacks=[SharpnessAware(rho=0.5)],
-    )
-
-
-class ShardedData(pl.LightningDataModule):
-    def train_dataloader(self) -> DataLoader:
-        data = toy_data()
-        return DataLoader(data, batch_size=PER_DEVICE_BATCH, sampler=DistributedSampler(data, shuffle=False))
+    return tiny.ddp_trainer(devices, STEPS, callbacks=[SharpnessAware(rho=0.5)])
 
 
 def main(out: Path) -> None:
     model = make_model()
     fit = trainer(devices=2)
-    fit.fit(model, ShardedData())
+    fit.fit(model, tiny.ShardedData(toy_data(), PER_DEVICE_BATCH))
     if fit.is_global_zero:
         torch.save(model.state_dict(), out / "sharpness_aware.pt")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_sam import SAMClassifier
 from lightning_sam.bodies import TwoBranchMLP
@@ -36,28 +35,14 @@ def make_model(optimizer: str, perturbation: str) -> SAMClassifier:
 
 
 def trainer(devices: int) -> pl.Trainer:
-    return tiny.trainer(
-        None,
-        max_epochs=None,
-        max_steps=STEPS,
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
-        use_distributed_sampler=False,
-        limit_val_batches=0,
-    )
-
-
-class ShardedData(pl.LightningDataModule):
-    def train_dataloader(self) -> DataLoader:
-        data = toy_data()
-        return DataLoader(data, batch_size=PER_DEVICE_BATCH, sampler=DistributedSampler(data, shuffle=False))
+    return tiny.ddp_trainer(devices, STEPS)
 
 
 def main(out: Path) -> None:
     for name, (optimizer, perturbation) in RUNS.items():
         model = make_model(optimizer, perturbation)
         fit = trainer(devices=2)
-        fit.fit(model, ShardedData())
+        fit.fit(model, tiny.ShardedData(toy_data(), PER_DEVICE_BATCH))
         if fit.is_global_zero:
             torch.save(model.state_dict(), out / f"{name}.pt")
 

@@ -6,7 +6,9 @@ at each batch's own phantom point (the perturbation the model trains with: SAM, 
 ``importance/gini_real`` and ``importance/gini_phantom`` (one model, the same examples: the direct effect is
 ``gini_phantom < gini_real``), ``importance/gini_within_class_real`` and ``importance/gini_within_class_phantom``
 (the Gini of each class's weights averaged by class size: a phantom that only shifts a whole class, as the head's
-bias does near initialisation, does not move them), and a Lorenz figure ``importance/lorenz`` to TensorBoard.
+bias does near initialisation, does not move them), and a Lorenz figure ``importance/lorenz`` to TensorBoard
+(every ``figure_every_n_epochs``-th epoch and the last: a matplotlib render costs about 60 ms, more than the
+measurement itself on a small model).
 
 Compare models only at matched training loss, never at the same step: the Gini of ``σ(−margin)`` grows with the
 margin scale.
@@ -28,6 +30,7 @@ from lightning_sam.callbacks._batch_fields import batch_input, batch_target
 from lightning_sam.callbacks._measurement import (
     MeasuringCallback,
     check_every_n_epochs,
+    is_last_epoch,
     log_measurement,
     measurement_due,
     tensorboard,
@@ -60,6 +63,8 @@ class ImportanceWeights(MeasuringCallback):
         every_n_epochs: measure after every n-th training epoch; ``0``: only after the last.
         lorenz_figure: log the Lorenz figure to TensorBoard: ``True`` requires a ``TensorBoardLogger``, ``None``
             (default) draws it whenever one is attached, ``False`` never.
+        figure_every_n_epochs: draw the Lorenz figure at the measurements after every n-th epoch, and after the
+            last; ``0``: only after the last. The Gini coefficients are logged at every measurement.
         head: name of the head module; default: the model's final ``nn.Linear``.
         batch_input: reads the model input from a batch (default ``batch[0]``).
         batch_target: reads the ``(B,)`` labels from a batch (default ``batch[1]``).
@@ -79,6 +84,7 @@ class ImportanceWeights(MeasuringCallback):
         batch_size: int | None = None,
         every_n_epochs: int = 1,
         lorenz_figure: bool | None = None,
+        figure_every_n_epochs: int = 1,
         head: str | None = None,
         batch_input: Callable[[Any], Tensor] = batch_input,
         batch_target: Callable[[Any], Tensor] = batch_target,
@@ -90,6 +96,12 @@ class ImportanceWeights(MeasuringCallback):
         self.sampling = PhantomSampling(num_examples, batch_size, seed)
         self.every_n_epochs = check_every_n_epochs(every_n_epochs)
         self.lorenz_figure = lorenz_figure
+        if not isinstance(figure_every_n_epochs, int) or figure_every_n_epochs < 0:
+            raise ValueError(
+                "figure_every_n_epochs must be an int >= 0 (0: only after the last epoch), "
+                f"got {figure_every_n_epochs!r}"
+            )
+        self.figure_every_n_epochs = figure_every_n_epochs
         self.head = head
         self.batch_input, self.batch_target = batch_input, batch_target
         self.dataset = dataset
@@ -137,11 +149,16 @@ class ImportanceWeights(MeasuringCallback):
             "importance/gini_within_class_phantom": within_class_gini(phantom, y).item(),
         }
         logger = tensorboard(trainer)
-        if trainer.is_global_zero and logger is not None and self.lorenz_figure is not False:
+        if trainer.is_global_zero and logger is not None and self._figure_due(trainer):
             figure = _lorenz_figure(real, phantom, y, metrics, trainer.current_epoch)
             logger.experiment.add_figure("importance/lorenz", figure, global_step=trainer.global_step, close=False)
         self.record(trainer, metrics)
         return metrics
+
+    def _figure_due(self, trainer: pl.Trainer) -> bool:
+        if self.lorenz_figure is False:
+            return False
+        return measurement_due(trainer, self.figure_every_n_epochs) or is_last_epoch(trainer)
 
 
 def _lorenz_figure(real: Tensor, phantom: Tensor, y: Tensor, gini: dict[str, float], epoch: int) -> Figure:

@@ -33,6 +33,26 @@ def test_importance_weights_logs_both_ginis_and_one_lorenz_image_per_epoch(tmp_p
     assert all(0 <= h["importance/gini_real"] < 1 and 0 <= h["importance/gini_phantom"] < 1 for h in callback.history)
 
 
+@pytest.mark.parametrize(("figure_every_n_epochs", "figure_epochs"), [(2, [1, 3]), (3, [2, 3]), (0, [3])])
+def test_importance_weights_draws_the_lorenz_figure_every_n_epochs_and_after_the_last(
+    tmp_path, figure_every_n_epochs, figure_epochs
+):
+    callback = ImportanceWeights(rho=0.5, num_examples=64, figure_every_n_epochs=figure_every_n_epochs)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit = trainer(tmp_path, max_epochs=4, callbacks=[callback], logger=logger)
+    fit.fit(TinyClassifier(), TwoFeatureDataModule())
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    steps_per_epoch = fit.global_step // 4
+    drawn = [image.step // steps_per_epoch - 1 for image in events.Images("importance/lorenz")]
+    assert drawn == figure_epochs
+    assert len(callback.history) == 4  # the Gini coefficients at every measurement
+
+
+def test_importance_weights_refuses_a_negative_figure_schedule():
+    with pytest.raises(ValueError, match="figure_every_n_epochs must be an int >= 0"):
+        ImportanceWeights(figure_every_n_epochs=-1)
+
 def test_importance_weights_real_gini_is_that_of_the_models_eval_logits_on_the_fixed_examples(tmp_path):
     callback = ImportanceWeights(rho=0.5, num_examples=1000, lorenz_figure=False)  # more than the dataset: all
     model, datamodule = TinyClassifier(), TwoFeatureDataModule()

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_sam.callbacks._evaluation_mode import evaluation_mode
 from lightning_sam.callbacks._representation import detect_head, final_linear, head_detected
+from lightning_sam.callbacks._sharded_map import read_batches
 from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
 from lightning_sam.functional.importance import phantom_point
 from lightning_sam.functional.perturbation import PerturbationSpec, Scope
@@ -265,9 +266,6 @@ def _rank_batches(
     batches = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
     own = list(range(trainer.global_rank, len(batches), trainer.world_size))
     collate_fn = train_loader.collate_fn if isinstance(train_loader, DataLoader) else None
-    # a private generator: iterating a DataLoader draws a seed, which must not come from the global RNG
-    loader = DataLoader(
-        dataset, batch_sampler=[batches[b] for b in own], collate_fn=collate_fn, generator=torch.Generator()
-    )
+    collated = read_batches(dataset, [batches[b] for b in own], collate_fn)
     positions = [torch.arange(b * batch_size, b * batch_size + len(batches[b])) for b in own]
-    return list(zip(own, positions, loader, strict=True))
+    return list(zip(own, positions, collated, strict=True))

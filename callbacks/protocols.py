@@ -6,7 +6,8 @@ callbacks check them with ``isinstance`` in ``setup`` and fall back to their own
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -41,6 +42,19 @@ class TrainData(Protocol):
     """A datamodule exposing its training split as a map-style dataset."""
 
     train_dataset: Dataset | None
+
+
+@runtime_checkable
+class BatchIndexable(Protocol):
+    """A dataset that gathers a whole collated batch at once (``FeatureTensorDataset``, data held in memory).
+
+    ``batch(indices)`` must equal the default collate function applied to ``[dataset[i] for i in indices]``; the
+    callbacks then read their fixed splits without per-example work.
+    """
+
+    def batch(self, indices: Sequence[int] | Tensor) -> Any:
+        """The collated batch of the examples at ``indices``, in that order."""
+        ...
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, cast
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -29,7 +30,7 @@ from lightning_sam.callbacks._evaluation_mode import evaluation_mode
 from lightning_sam.callbacks._representation import detect_head, final_linear, head_detected
 from lightning_sam.callbacks._sharded_map import read_batches
 from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
-from lightning_sam.functional.importance import phantom_point
+from lightning_sam.functional.importance import PhantomPoint, head_phantom, phantom_point
 from lightning_sam.functional.perturbation import PerturbationSpec, Scope
 
 
@@ -165,14 +166,45 @@ def phantom_batches(
         for index, positions, batch in _rank_batches(trainer, pl_module, dataset, sampling):
             batch = move_data_to_device(batch, pl_module.device)
             y = batch_target(batch)
-            point = phantom_point(
-                pl_module, batch_input(batch), y, spec.rho, names, adaptive=spec.adaptive, eta=spec.eta
-            )
+            point = None
+            if spec.scope == "head":
+                point = _head_phantom_point(pl_module, head_module, names, batch_input(batch), y, spec)
+            if point is None:
+                point = phantom_point(
+                    pl_module, batch_input(batch), y, spec.rho, names, adaptive=spec.adaptive, eta=spec.eta
+                )
             w_tilde = point.parameters.get(weight_name, head_module.weight.detach())
             positions = positions.to(pl_module.device)
             batches.append(PhantomBatch(index, positions, y, point.real_logits, point.phantom_logits, w_tilde))
     _CACHE[pl_module] = (key, batches)
     return batches
+
+
+def _head_phantom_point(
+    model: nn.Module, head: nn.Linear, names: list[str], x: Tensor, y: Tensor, spec: PerturbationSpec
+) -> PhantomPoint | None:
+    """LSAM's phantom point in closed form: one forward without a graph gives ``Φ`` and ``z``, then ``W̃``.
+
+    :func:`~lightning_sam.functional.phantom_point` would build the graph, backpropagate into the head and run the
+    whole model again at the phantom point; under LSAM only the head moves, so ``z̃ = W̃ Φ + b̃`` (3x cheaper on the
+    toy). ``None`` when the head does not see ``(B, D)`` rows or its output is not the model's.
+    """
+    captured: list[Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            real_logits = model(x)
+    finally:
+        handle.remove()
+    if len(captured) != 1 or captured[0].ndim != 2 or real_logits.shape != (len(y), head.out_features):
+        return None
+    representation = captured[0]
+    bias = None if head.bias is None else head.bias.detach()
+    w_tilde, b_tilde = head_phantom(
+        representation, y, head.weight.detach(), bias, spec.rho, spec.head_bias, spec.adaptive, spec.eta
+    )
+    phantom = dict(zip(names, (w_tilde, b_tilde), strict=False))  # the head's weight, and its bias if perturbed
+    return PhantomPoint(real_logits, F.linear(representation, w_tilde, b_tilde), phantom)
 
 
 def gather_rows(trainer: pl.Trainer, index: Tensor, rows: Tensor) -> Tensor:

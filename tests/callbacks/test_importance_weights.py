@@ -53,6 +53,7 @@ def test_importance_weights_refuses_a_negative_figure_schedule():
     with pytest.raises(ValueError, match="figure_every_n_epochs must be an int >= 0"):
         ImportanceWeights(figure_every_n_epochs=-1)
 
+
 def test_importance_weights_real_gini_is_that_of_the_models_eval_logits_on_the_fixed_examples(tmp_path):
     callback = ImportanceWeights(rho=0.5, num_examples=1000, lorenz_figure=False)  # more than the dataset: all
     model, datamodule = TinyClassifier(), TwoFeatureDataModule()
@@ -156,6 +157,31 @@ def test_importance_weights_every_n_epochs_zero_measures_once_at_the_end(tmp_pat
     callback = ImportanceWeights(rho=0.1, every_n_epochs=0, lorenz_figure=False)
     trainer(tmp_path, max_epochs=3, callbacks=[callback]).fit(TinyClassifier(), TwoFeatureDataModule())
     assert [h["epoch"] for h in callback.history] == [2]
+
+
+@pytest.mark.parametrize("lsam_bias", [False, True])
+def test_lsam_measurement_in_closed_form_equals_the_autograd_phantom_point(tmp_path, monkeypatch, lsam_bias):
+    from lightning_sam.callbacks import _phantom
+
+    def fit(callback):
+        torch.manual_seed(0)
+        model = SAMClassifier(TwoBranchMLP(hidden=8), optimizer="lsam", rho=0.3, lsam_bias=lsam_bias)
+        trainer(tmp_path, max_epochs=2, callbacks=[callback]).fit(model, TwoFeatureDataModule(seed=1))
+        return callback.history
+
+    closed = []
+    head_phantom_point = _phantom._head_phantom_point
+    monkeypatch.setattr(_phantom, "_head_phantom_point", lambda *a: closed.append(head_phantom_point(*a)) or closed[-1])
+    closed_form = fit(ImportanceWeights(lorenz_figure=False))
+    assert closed
+    assert all(point is not None for point in closed)
+    monkeypatch.setattr(_phantom, "_head_phantom_point", lambda *args: None)  # the generic autograd path
+    autograd = fit(ImportanceWeights(lorenz_figure=False))
+    assert len(closed_form) == len(autograd) == 2
+    for a, b in zip(closed_form, autograd, strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a)
+    assert closed_form[-1]["importance/gini_phantom"] != closed_form[-1]["importance/gini_real"]
 
 
 def test_importance_weights_and_learning_rate_scaling_share_one_phantom_pass(tmp_path):

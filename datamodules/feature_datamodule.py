@@ -15,8 +15,9 @@ from typing import cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from typing_extensions import override
 
 from lightning_sam.datamodules._seeded_epoch_sampler import SeededEpochSampler
@@ -60,13 +61,18 @@ class FeatureDataModule(pl.LightningDataModule):
         self.probe_train_dataset: Dataset | None = None
         self.probe_test_dataset: Dataset | None = None
 
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool = False, shard: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.{name} is not built: call setup() first (the Trainer does).")
+        sampler: Sampler | None = None
+        if shuffle:
+            sampler = SeededEpochSampler(cast(Sized, dataset), self.seed)
+        elif shard:
+            sampler = self._evaluation_shard(cast(Sized, dataset))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=SeededEpochSampler(cast(Sized, dataset), self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -75,13 +81,29 @@ class FeatureDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train_dataset", shuffle=True)
 
+    def _evaluation_shard(self, dataset: Sized) -> Sampler | None:
+        """Under DDP, this rank's share of an evaluation split: examples ``rank, rank + W, ...``, none repeated.
+
+        Lightning's own DistributedSampler pads the ranks' shares to equal length with repeated examples, which the
+        synced validation and test metrics (losses, accuracies, group accuracies) would count twice; unpadded, they
+        are those of one process. Ranks may then run one batch more or less, which evaluation allows (DDP syncs
+        buffers at most before the first evaluation batch, which every rank has). A split smaller than the world
+        (some rank would get nothing) is left to Lightning.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1 or len(dataset) < trainer.world_size:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
     @override
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val_dataset")
+        return self._loader(self.val_dataset, "val_dataset", shard=True)
 
     @override
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test_dataset")
+        return self._loader(self.test_dataset, "test_dataset", shard=True)
 
     def probe_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """The (fit, evaluate) loaders of the decorrelated probe splits, unshuffled."""

@@ -1,4 +1,7 @@
-"""`python train.py` as a user runs it: flags, the default job, DDP, the summary, TensorBoard event files."""
+"""`python train.py` as a user runs it: flags, the default job, the summary, TensorBoard event files.
+
+Two DDP processes from the command line: tests/test_train_ddp_equality.py.
+"""
 
 import runpy
 import subprocess
@@ -80,15 +83,6 @@ def test_unknown_optimizer_flag_is_rejected_with_the_choices(tmp_path):
     assert result.returncode != 0
     assert "model.optimizer" in result.stderr
     assert "lsam" in result.stderr
-
-
-def test_two_process_ddp_on_cpu_runs_from_the_command_line(tmp_path):
-    result = _train(
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "1", *SMALL_TOY, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Finished after 1 epochs, 2 steps." in result.stdout  # 256 examples / (2 devices x 64)
 
 
 def test_toy_config_runs_through_train_py(tmp_path, monkeypatch, capsys):

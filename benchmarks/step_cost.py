@@ -1,24 +1,29 @@
-"""Median time per training step of SGD, SAM and LSAM, measured in one run, printed as ratios to SGD.
+"""Median time per training step of SGD, SAM and LSAM, measured in one run, printed as Markdown tables of ratios.
 
-    python benchmarks/step_cost.py                 # CPU: ResNet-18 at 3x32x32, batch 64, and the toy model
+    python benchmarks/step_cost.py                 # CPU: ResNet-18 at 3x32x32, batch 64, and the toy; eager, compiled
     python benchmarks/step_cost.py --device cuda   # the same on a GPU (synchronised timings)
-    python benchmarks/step_cost.py --callback-only # only the SharpnessAware table (ResNet-18)
+    python benchmarks/step_cost.py --no-compile    # eager rows only (compiling adds about a minute on a CPU)
+    python benchmarks/step_cost.py --callback-only # only the SharpnessAware table
 
 Every step runs through a real Trainer (manual optimization, Lightning's optimizer.step()), so the numbers include
 what a user pays. The optimizers are interleaved in rounds so that drift in machine load hits all of them alike.
-Expected (docs/method.md section 3): LSAM about one SGD step, SAM about two.
+Expected (docs/method.md section 3): LSAM about one SGD step, SAM about two. "compiled" rows compile the body in
+place (``SAMClassifier(compile=True)``, inductor); the compilation itself happens in the untimed first steps.
 
 The second table times the SharpnessAware callback on a plain automatic-optimization module (same body, head and
 SGD): its step against the same module without the callback, with ``every_n_steps=5`` (mean over a whole number of
 5-step periods, since the median would be a plain step), and against SAMClassifier's SAM step. Expected: about 2,
-at most 1.3, and within 5 %. On the CPU it counts this process's CPU time, not wall time, so that other jobs on a
-shared machine do not decide the ratios; there, run with ``OMP_WAIT_POLICY=PASSIVE``, or threads spinning while
-they wait for a core count as busy.
+at most 1.3, and within 5 %. On the CPU both tables count this process's CPU time, not wall time, so that other
+jobs on a shared machine do not decide the ratios; there, run with ``OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE``,
+or threads spinning while they wait for a core count as busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import statistics
 import time
 
@@ -83,30 +88,46 @@ def timed_fit(model: pl.LightningModule, timer: StepTimer, callbacks: list, shap
     return timer.times[2:]  # the first steps pay for allocation and kernel selection
 
 
+def _timer(device: str) -> StepTimer:
+    return CPUStepTimer() if device == "cpu" else StepTimer()
+
+
+def _fresh_compiler(compile: bool) -> None:
+    # every fit builds a new model: without a reset, each would add its graphs to the same cache, and past
+    # torch._dynamo.config.recompile_limit the body would silently run eagerly
+    if compile:
+        torch._dynamo.reset()
+
+
 def step_times(
-    make_body, shape, batch_size: int, steps: int, optimizer: str, device: str, precision: str
+    make_body, shape, batch_size: int, steps: int, optimizer: str, device: str, precision: str, compile: bool
 ) -> list[float]:
     torch.manual_seed(0)
-    model = SAMClassifier(make_body(), optimizer=optimizer, rho=0.05, lr=0.01, lr_schedule="constant")
-    return timed_fit(model, StepTimer(), [], shape, batch_size, steps, device, precision)
+    _fresh_compiler(compile)
+    model = SAMClassifier(make_body(), optimizer=optimizer, rho=0.05, lr=0.01, lr_schedule="constant", compile=compile)
+    return timed_fit(model, _timer(device), [], shape, batch_size, steps, device, precision)
 
 
-def measure(name: str, make_body, shape, batch_size: int, steps: int, rounds: int, device: str, precision: str) -> dict:
+def measure(name: str, make_body, shape, batch_size: int, steps: int, rounds: int, device: str, precision: str,
+            compile: bool) -> dict:  # fmt: skip
     times: dict[str, list[float]] = {o: [] for o in OPTIMIZERS}
     for _ in range(rounds):
         for optimizer in OPTIMIZERS:
-            times[optimizer] += step_times(make_body, shape, batch_size, steps, optimizer, device, precision)
+            times[optimizer] += step_times(make_body, shape, batch_size, steps, optimizer, device, precision, compile)
     medians = {o: statistics.median(t) for o, t in times.items()}
-    return {"model": name, **{f"{o}_ms": 1e3 * m for o, m in medians.items()},
+    return {"model": name, "mode": "compiled" if compile else "eager",
+            **{f"{o}_ms": 1e3 * m for o, m in medians.items()},
             "sam/sgd": medians["sam"] / medians["sgd"], "lsam/sgd": medians["lsam"] / medians["sgd"]}  # fmt: skip
 
 
 class PlainClassifier(pl.LightningModule):
     """A body and a linear head, automatic optimization, SAMClassifier's SGD: a user's module, unaware of SAM."""
 
-    def __init__(self, body: nn.Module) -> None:
+    def __init__(self, body: nn.Module, compile: bool = False) -> None:
         super().__init__()
         self.body = body
+        if compile:
+            self.body.compile()  # in place, as SAMClassifier(compile=True) does
         self.head = nn.Linear(body.out_features, 2)
 
     @override
@@ -141,38 +162,68 @@ class CPUStepTimer(StepTimer):
         self.times.append(time.process_time() - self._start)
 
 
-def callback_step_times(make_body, shape, batch_size: int, steps: int, run: str, device: str, precision: str) -> list:
+def callback_step_times(make_body, shape, batch_size: int, steps: int, run: str, device: str, precision: str,
+                        compile: bool) -> list:  # fmt: skip
     torch.manual_seed(0)
+    _fresh_compiler(compile)
     if run == "samclassifier":
-        model = SAMClassifier(make_body(), optimizer="sam", rho=0.05, lr=0.01, lr_schedule="constant")
+        model: pl.LightningModule = SAMClassifier(
+            make_body(), optimizer="sam", rho=0.05, lr=0.01, lr_schedule="constant", compile=compile
+        )
     else:
-        model = PlainClassifier(make_body())
-    timer = CPUStepTimer() if device == "cpu" else StepTimer()
+        model = PlainClassifier(make_body(), compile=compile)
     callbacks = CALLBACK_RUNS.get(run, list)()
-    return timed_fit(model, timer, callbacks, shape, batch_size, steps, device, precision)
+    return timed_fit(model, _timer(device), callbacks, shape, batch_size, steps, device, precision)
 
 
 def measure_callback(name: str, make_body, shape, batch_size: int, steps: int, rounds: int, device: str,
-                     precision: str) -> dict:  # fmt: skip
+                     precision: str, compile: bool) -> dict:  # fmt: skip
     runs = (*CALLBACK_RUNS, "samclassifier")
     times: dict[str, list[float]] = {r: [] for r in runs}
     for _ in range(rounds):
         for run in runs:
-            times[run] += callback_step_times(make_body, shape, batch_size, steps, run, device, precision)
+            times[run] += callback_step_times(make_body, shape, batch_size, steps, run, device, precision, compile)
     medians = {r: statistics.median(t) for r, t in times.items()}
     means = {r: statistics.mean(t) for r, t in times.items()}
-    return {"model": name, **{f"{r}_ms": 1e3 * m for r, m in medians.items()}, "every5_mean_ms": 1e3 * means["every5"],
+    return {"model": name, "mode": "compiled" if compile else "eager",
+            **{f"{r}_ms": 1e3 * m for r, m in medians.items()}, "every5_mean_ms": 1e3 * means["every5"],
             "callback/sgd": medians["callback"] / medians["plain"], "every5/sgd": means["every5"] / means["plain"],
             "callback/samclassifier": medians["callback"] / medians["samclassifier"]}  # fmt: skip
 
 
-def print_callback_rows(rows: list[dict]) -> None:
-    header = ("model", "sgd ms", "SA ms", "SA/5 ms", "SAMC ms", "SA/SGD", "SA/5/SGD", "SA/SAMC")
-    print("".join(f"{h:<26}" if i == 0 else f"{h:>10}" for i, h in enumerate(header)))
+def markdown_table(header: tuple[str, ...], rows: list[dict], keys: tuple[str, ...]) -> str:
+    """``rows`` as a Markdown table: model and mode, then ``keys`` (milliseconds and ratios, two decimals)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        keys = ("plain_ms", "callback_ms", "every5_mean_ms", "samclassifier_ms", "callback/sgd", "every5/sgd",
-                "callback/samclassifier")  # fmt: skip
-        print(f"{r['model']:<26}" + "".join(f"{r[k]:>10.2f}" for k in keys))
+        lines.append("| " + " | ".join([r["model"], r["mode"], *(f"{r[k]:.2f}" for k in keys)]) + " |")
+    return "\n".join(lines)
+
+
+def print_optimizer_rows(rows: list[dict]) -> None:
+    header = ("model", "body", "SGD ms", "SAM ms", "LSAM ms", "SAM / SGD", "LSAM / SGD")
+    print(markdown_table(header, rows, ("sgd_ms", "sam_ms", "lsam_ms", "sam/sgd", "lsam/sgd")))
+
+
+def print_callback_rows(rows: list[dict]) -> None:
+    header = ("model", "body", "SGD ms", "SharpnessAware ms", "every 5th ms", "SAMClassifier SAM ms",
+              "SharpnessAware / SGD", "every 5th / SGD", "SharpnessAware / SAMClassifier SAM")  # fmt: skip
+    keys = ("plain_ms", "callback_ms", "every5_mean_ms", "samclassifier_ms", "callback/sgd", "every5/sgd",
+            "callback/samclassifier")  # fmt: skip
+    print(markdown_table(header, rows, keys))
+
+
+def machine(device: str, precision: str) -> str:
+    """One line naming where and when the tables were measured."""
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()}-core {platform.machine()} CPU"
+    clock = "CPU time of this process" if device == "cpu" else "wall time, synchronised"
+    return (f"{where}, {precision}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock}, "
+            f"{datetime.date.today().isoformat()}")  # fmt: skip
+
+
+MODELS = {  # name -> body, input shape, batch size, steps per fit as a multiple of --steps
+    "ResNet-18 3x32x32 b64": (lambda: ResNetBody(depth=18), (3, 32, 32), 64, 1),
+    "toy two-branch MLP b128": (TwoBranchMLP, (3,), 128, 4),
+}
 
 
 def main() -> None:
@@ -181,32 +232,24 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--steps", type=int, default=12, help="steps per fit (the first 2 are not timed)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three optimizers")
+    parser.add_argument("--no-compile", action="store_true", help="eager rows only")
     parser.add_argument("--callback-only", action="store_true", help="only the SharpnessAware table")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
-    callback_rows = [
-        measure_callback("resnet18 3x32x32 b64", lambda: ResNetBody(depth=18), (3, 32, 32), 64, args.steps,
-                         args.rounds, args.device, args.precision),
-    ]  # fmt: skip
-    if args.callback_only:
-        print(f"\ndevice={args.device} precision={args.precision} torch={torch.__version__} "
-              f"threads={torch.get_num_threads()}")  # fmt: skip
-        print_callback_rows(callback_rows)
-        return
-    rows = [
-        measure("resnet18 3x32x32 b64", lambda: ResNetBody(depth=18), (3, 32, 32), 64, args.steps, args.rounds,
-                args.device, args.precision),
-        measure("toy two-branch MLP b128", TwoBranchMLP, (3,), 128, 4 * args.steps, args.rounds,
-                args.device, args.precision),
-    ]  # fmt: skip
-    print(
-        f"\ndevice={args.device} precision={args.precision} torch={torch.__version__} threads={torch.get_num_threads()}"
-    )
-    print(f"{'model':<26}{'sgd ms':>9}{'sam ms':>9}{'lsam ms':>9}{'SAM/SGD':>9}{'LSAM/SGD':>10}")
-    for r in rows:
-        print(f"{r['model']:<26}{r['sgd_ms']:>9.2f}{r['sam_ms']:>9.2f}{r['lsam_ms']:>9.2f}"
-              f"{r['sam/sgd']:>9.2f}{r['lsam/sgd']:>10.2f}")  # fmt: skip
-    print()
+    modes = (False,) if args.no_compile else (False, True)
+    rows, callback_rows = [], []
+    for name, (make_body, shape, batch_size, multiple) in MODELS.items():
+        steps = multiple * args.steps
+        for compile in modes:
+            if not args.callback_only:
+                rows.append(measure(name, make_body, shape, batch_size, steps, args.rounds, args.device,
+                                    args.precision, compile))  # fmt: skip
+            callback_rows.append(measure_callback(name, make_body, shape, batch_size, steps, args.rounds,
+                                                  args.device, args.precision, compile))  # fmt: skip
+    print(f"\n{machine(args.device, args.precision)}\n")
+    if rows:
+        print_optimizer_rows(rows)
+        print()
     print_callback_rows(callback_rows)
 
 

@@ -9,7 +9,13 @@ from lightning_sam.functional.group_accuracy import (
     group_counts,
     worst_group_accuracy,
 )
-from lightning_sam.functional.importance import PhantomPoint, head_phantom, importance_weights, phantom_point
+from lightning_sam.functional.importance import (
+    PhantomPoint,
+    head_gradient,
+    head_phantom,
+    importance_weights,
+    phantom_point,
+)
 from lightning_sam.functional.inequality import gini_coefficient, lorenz_curve, within_class_gini
 from lightning_sam.functional.learning_rate_scaling import (
     FeatureScaling,
@@ -43,6 +49,7 @@ __all__ = [
     "global_norm",
     "group_accuracy",
     "group_counts",
+    "head_gradient",
     "head_phantom",
     "held_out_split",
     "importance_weights",

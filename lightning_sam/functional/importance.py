@@ -40,6 +40,33 @@ def importance_weights(logits: Tensor, y: Tensor) -> Tensor:
     return torch.exp(torch.logsumexp(others, dim=1) - torch.logsumexp(z, dim=1))
 
 
+def head_gradient(representation: Tensor, logits: Tensor, y: Tensor, bias: bool = False) -> list[Tensor]:
+    """``∇_W L`` (and ``∇_b L``) of the mean cross-entropy of a linear head ``z = W Φ + b``, in closed form.
+
+    With ``r = (softmax(z) − onehot(y)) / B``: ``∇_W L = rᵀ Φ`` and ``∇_b L = Σ_i r_i``. One matmul on the forward's
+    logits: no backward pass, and no autograd graph kept alive for it. Not differentiable (inputs are detached).
+
+    Args:
+        representation: ``(B, D)`` head inputs ``Φ(x)``.
+        logits: ``(B, K)`` head outputs ``z`` for them.
+        y: ``(B,)`` labels.
+        bias: also return the bias gradient.
+
+    Example:
+        >>> grad_w, grad_b = head_gradient(torch.eye(2), torch.zeros(2, 2), torch.tensor([0, 1]), bias=True)
+        >>> grad_w.tolist(), grad_b.tolist()  # a step along −∇ raises each example's own logit
+        ([[-0.25, 0.25], [0.25, -0.25]], [0.0, 0.0])
+    """
+    residual = logits.detach().softmax(dim=1)
+    # − onehot(y) in place: one scatter, where F.one_hot would check the labels' range on the host
+    residual.scatter_(1, y[:, None] if y.dtype == torch.long else y.long()[:, None], -1.0, reduce="add")
+    residual.div_(len(y))
+    grads = [torch.mm(residual.t(), representation.detach())]
+    if bias:
+        grads.append(residual.sum(dim=0))
+    return grads
+
+
 def head_phantom(
     representation: Tensor,
     y: Tensor,
@@ -53,7 +80,7 @@ def head_phantom(
 ) -> tuple[Tensor, Tensor | None]:
     """LSAM's phantom head in closed form: ``W̃ = W + ε_W`` (and ``b̃ = b + ε_b`` with ``head_bias``).
 
-    With ``z = W Φ + b`` and ``r = (softmax(z) − onehot(y)) / B``: ``∇_W L = rᵀ Φ`` and ``∇_b L = Σ_i r_i``; ``ε`` is
+    The head gradient is :func:`head_gradient` (closed form, as LSAM's training step takes it); ``ε`` is
     :func:`~lightning_sam.functional.perturbation` of the perturbed tensors (the paper's ``w̃ = w + ρ ∇_w L / ‖∇_w L‖``
     on the weight alone by default).
 
@@ -73,12 +100,8 @@ def head_phantom(
         >>> w_tilde.tolist(), b_tilde  # moved by ρ = 1 against the margin of both examples
         ([[-0.5, 0.5], [0.5, -0.5]], None)
     """
-    logits = F.linear(representation, weight, bias)
-    residual = (logits.softmax(dim=1) - F.one_hot(y.long(), weight.shape[0]).to(logits.dtype)) / len(y)
-    params, grads = [weight], [residual.T @ representation]
-    if head_bias and bias is not None:
-        params.append(bias)
-        grads.append(residual.sum(dim=0))
+    params = [weight] if bias is None or not head_bias else [weight, bias]
+    grads = head_gradient(representation, F.linear(representation, weight, bias), y, bias=len(params) > 1)
     epsilon = perturbation(params, grads, rho, adaptive=adaptive, eta=eta, eps=eps).epsilon
     w_tilde = weight + epsilon[0]
     b_tilde = bias + epsilon[1] if bias is not None and len(epsilon) > 1 else bias

@@ -418,6 +418,30 @@ def test_guard_turns_a_nonfinite_step_into_a_no_op_and_names_it_at_the_end():
     assert not any(torch.equal(v, after_2[k]) for k, v in snapshots[3][0].items() if k.endswith("weight"))
 
 
+@pytest.mark.parametrize("optimizer", ["sam", "lsam"])
+def test_a_nonfinite_phantom_loss_leaves_the_real_parameters_finite_by_default(optimizer):
+    model = _model(BNBody, optimizer=optimizer, rho=0.1)  # nonfinite="guard", the default
+    states = []
+
+    def nan_at_the_second_phantom_point(head, inputs, logits):
+        at_phantom = model.optimizers().optimizer.at_phantom_point  # LSAM: the head-only phantom pass
+        return logits * float("nan") if at_phantom and model.trainer.global_step == 1 else logits
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            states.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    model.head.register_forward_hook(nan_at_the_second_phantom_point)
+    with pytest.raises(FloatingPointError, match="non-finite gradient at global step 1 "):
+        _fit(model, _data(48), batch_size=16, max_epochs=1, callbacks=[Snapshot()])
+    assert len(states) == 3
+    for key, value in states[1].items():
+        assert torch.equal(value, states[0][key]), key  # the step from a NaN phantom loss left everything as it was
+    for state in states:
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert not torch.equal(states[2]["head.weight"], states[1]["head.weight"])  # and training went on after it
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_a_guarded_step_waits_for_the_device_nowhere(optimizer, monkeypatch):
     syncs = []
@@ -447,3 +471,12 @@ def test_step_statistics_are_computed_at_the_logging_interval_only(monkeypatch):
     trainer = _fit(_model(BNBody, optimizer="sam", rho=0.1), _data(96), batch_size=8, max_epochs=1, log_every_n_steps=4)
     assert trainer.global_step == 12
     assert len(computed) == 3  # steps 4, 8 and 12
+
+
+@pytest.mark.parametrize("optimizer", ["sam", "lsam"])
+def test_phantom_loss_epoch_mean_weights_examples_as_the_loss_does(optimizer):
+    # ρ = 0: the phantom point is the real one, so the two epoch means must agree, the partial last batch included
+    trainer = _fit(_model(BNBody, optimizer=optimizer, rho=0.0), _data(20), batch_size=8, max_epochs=1)
+    assert trainer.global_step == 3  # batches of 8, 8 and 4
+    metrics = trainer.callback_metrics
+    assert metrics["train/loss_phantom_epoch"].item() == pytest.approx(metrics["train/loss_epoch"].item(), rel=1e-6)

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 import torch
-from jsonargparse import ActionYesNo
+from jsonargparse import ActionYesNo, Namespace
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
@@ -42,6 +42,7 @@ from lightning_sam import SAMClassifier
 from lightning_sam.callbacks import FeatureProbe, GroupAccuracy, ImportanceWeights, LearningRateScaling
 from lightning_sam.datamodules.image_feature_dataset import UnreadableImageError
 
+SHARDED_METADATA = "meta.pt"  # Lightning's name for a sharded checkpoint's non-tensor part
 RESUME_ENV = "LIGHTNING_SAM_RESUME"  # the checkpoint `--ckpt_path last` resolved to, for DDP's child processes
 REPO = Path(__file__).resolve().parent
 TOY_CONFIG = REPO / "configs" / "toy.yaml"
@@ -81,7 +82,7 @@ class Measurements:
     scaling: bool = True
     groups: bool = True
     every_n_epochs: int = 1
-    figure_every_n_epochs: int = 5
+    figure_every_n_epochs: int = 10
 
     def __post_init__(self) -> None:
         for name in ("every_n_epochs", "figure_every_n_epochs"):
@@ -225,8 +226,9 @@ def latest_last_checkpoint(logs_root: Path) -> Path:
     if not runs:
         raise UsageError(f"--ckpt_path last: there is no run folder (version_N) in {logs_root} to resume")
     for _, folder in reversed(runs):
-        if (folder / "checkpoints" / "last.ckpt").is_file():
-            return (folder / "checkpoints" / "last.ckpt").resolve()
+        last = folder / "checkpoints" / "last.ckpt"
+        if last.is_file() or is_sharded_checkpoint(last):
+            return last.resolve()
     raise UsageError(
         f"--ckpt_path last: no run folder in {logs_root} ({', '.join(f.name for _, f in runs)}) has "
         "checkpoints/last.ckpt; pass the checkpoint to resume as --ckpt_path <file>"
@@ -236,11 +238,24 @@ def latest_last_checkpoint(logs_root: Path) -> Path:
 # --- checkpoints ---------------------------------------------------------------------------------------------
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint: ``ModelParallelStrategy``'s folder of shards and ``meta.pt``."""
+    return path.is_dir() and (path / SHARDED_METADATA).is_file()
+
+
 def read_checkpoint(path: str, flag: str) -> Any:
     """``torch.load(path, weights_only=True)``, or a :class:`UsageError` that says what the file is instead."""
     file = Path(path)
     if not file.exists():
         raise UsageError(f"{flag} {path}: no such file")
+    if is_sharded_checkpoint(file):
+        if flag != "--ckpt_path":
+            raise UsageError(
+                f"{flag} {path} is a sharded checkpoint (a folder of shards): resume it with --ckpt_path, or make "
+                "one file of it first (python -m torch.distributed.checkpoint.format_utils dcp_to_torch "
+                f"{path} weights.ckpt)"
+            )
+        return read_checkpoint(str(file / SHARDED_METADATA), flag)  # the loops and hyperparameters; weights aside
     if file.is_dir():
         raise UsageError(f"{flag} {path} is a folder: give a checkpoint file, e.g. a run's checkpoints/last.ckpt")
     try:
@@ -263,7 +278,9 @@ def read_checkpoint(path: str, flag: str) -> Any:
 def check_training_checkpoint(path: str) -> None:
     """Refuse, before anything is written, a ``--ckpt_path`` that cannot resume a run."""
     checkpoint = read_checkpoint(path, "--ckpt_path")
-    if not isinstance(checkpoint, dict) or not {"state_dict", "optimizer_states", "loops"} <= checkpoint.keys():
+    # a sharded checkpoint keeps the weights and optimizer state in its shards, the rest in its metadata file
+    required = {"loops"} if is_sharded_checkpoint(Path(path)) else {"state_dict", "optimizer_states", "loops"}
+    if not isinstance(checkpoint, dict) or not required <= checkpoint.keys():
         raise UsageError(
             f"--ckpt_path {path} holds weights only (no optimizer, schedule or loop state), so there is no run to "
             f"resume: start a new run from these weights with --weights_from {path}"
@@ -402,6 +419,44 @@ def constructor_error(error: BaseException) -> str:
     return str(root)
 
 
+def sharding_strategy(trainer: Any) -> Namespace | None:
+    """``--trainer.strategy ModelParallelStrategy`` as SAMClassifier shards: FSDP2 over all processes.
+
+    Lightning's own default ("auto" sizes) makes every process of a node one tensor-parallel group, all reading the
+    same data; SAMClassifier applies no tensor parallelism, so every process is a data-parallel one. ``None``: the
+    strategy is another, or its sizes are set.
+    """
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, str):
+        if strategy.rsplit(".", 1)[-1].lower() != "modelparallelstrategy":
+            return None
+        init_args = Namespace()
+    elif isinstance(strategy, Namespace) and str(strategy.get("class_path", "")).endswith(".ModelParallelStrategy"):
+        init_args = strategy.get("init_args") or Namespace()
+        if (init_args.get("data_parallel_size"), init_args.get("tensor_parallel_size")) not in (
+            (None, None),
+            ("auto", "auto"),
+        ):
+            return None
+    else:
+        return None
+    devices = trainer.get("devices")
+    if isinstance(devices, str) and re.fullmatch(r"\d+", devices.strip()):
+        devices = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        devices = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, list):
+        devices = len(devices)
+    if not isinstance(devices, int) or devices < 1:
+        raise UsageError(
+            f"--trainer.strategy ModelParallelStrategy needs the number of processes: pass --trainer.devices N (got "
+            f"{devices!r})"
+        )
+    init_args.data_parallel_size = devices * int(trainer.get("num_nodes") or 1)
+    init_args.tensor_parallel_size = 1
+    return Namespace(class_path="pytorch_lightning.strategies.ModelParallelStrategy", init_args=init_args)
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI without subcommands: parse, build, fit, summarise; each run in a folder of its own."""
 
@@ -441,6 +496,9 @@ class TrainCLI(LightningCLI):
                 "--trainer.accumulate_grad_batches: SAMClassifier optimizes manually and takes one step per batch; "
                 "use a larger --data.init_args.batch_size instead"
             )
+        sharding = sharding_strategy(trainer)
+        if sharding is not None:
+            trainer["strategy"] = sharding
         if self.config["ckpt_path"] and self.config["weights_from"]:
             self.parser.error(
                 "--ckpt_path resumes a run, --weights_from starts a new one from its weights: give one of them"

@@ -9,7 +9,9 @@ its own phantom point, from the same perturbation the optimizer uses).
 
 Under DDP the fixed examples are cut into batches exactly as on one process, and whole batches are dealt to the
 ranks (batch ``b`` to rank ``b mod W``): every phantom point is formed from the same examples as on one process, so
-statistics gathered with :func:`gather_rows` equal the one-process ones.
+statistics gathered with :func:`gather_rows` equal the one-process ones. A sharded model (FSDP2, Lightning's
+``ModelParallelStrategy``) gathers its parameters in every forward, so there every rank takes part in every batch,
+each with a slice of it (:mod:`~lightning_sam.callbacks._sharded_phantom`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from lightning_sam.callbacks._evaluation_mode import evaluation_mode
 from lightning_sam.callbacks._representation import detect_head, final_linear, head_detected
 from lightning_sam.callbacks._sharded_map import read_batches
+from lightning_sam.callbacks._sharded_phantom import batch_slices, sharded_phantom_point
 from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
 from lightning_sam.functional.importance import PhantomPoint, head_phantom, phantom_point
 from lightning_sam.functional.perturbation import PerturbationSpec, Scope
+from lightning_sam.sharding import is_sharded
 
 
 @dataclass(frozen=True)
@@ -161,13 +165,16 @@ def phantom_batches(
     head_name, head_module = final_linear(pl_module, head)
     weight_name = f"{head_name}.weight"
     batches = []
+    sharded = is_sharded(pl_module)
     # random augmentations of the training set draw from the global RNG: measuring must not move training's draws
     with evaluation_mode(pl_module), torch.random.fork_rng(devices=[]):
         for index, positions, batch in _rank_batches(trainer, pl_module, dataset, sampling):
             batch = move_data_to_device(batch, pl_module.device)
             y = batch_target(batch)
             point = None
-            if spec.scope == "head":
+            if sharded:  # FSDP2: every rank takes part in every batch, each with a slice of it
+                point = sharded_phantom_point(pl_module, batch_input(batch), y, spec, names, weight_name)
+            elif spec.scope == "head":
                 point = _head_phantom_point(pl_module, head_module, names, batch_input(batch), y, spec)
             if point is None:
                 point = phantom_point(
@@ -203,7 +210,9 @@ def _head_phantom_point(
     w_tilde, b_tilde = head_phantom(
         representation, y, head.weight.detach(), bias, spec.rho, spec.head_bias, spec.adaptive, spec.eta
     )
-    phantom = dict(zip(names, (w_tilde, b_tilde), strict=False))  # the head's weight, and its bias if perturbed
+    phantom = {names[0]: w_tilde}
+    if len(names) > 1 and b_tilde is not None:
+        phantom[names[1]] = b_tilde  # the bias, when perturbed
     return PhantomPoint(real_logits, F.linear(representation, w_tilde, b_tilde), phantom)
 
 
@@ -296,8 +305,10 @@ def _rank_batches(
         torch.randperm(len(cast(Sized, dataset)), generator=generator)[: sampling.num_examples].sort().values.tolist()
     )
     batches = [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
-    own = list(range(trainer.global_rank, len(batches), trainer.world_size))
     collate_fn = train_loader.collate_fn if isinstance(train_loader, DataLoader) else None
+    if is_sharded(pl_module):  # every rank runs every batch: a slice of each
+        return batch_slices(trainer, batches, batch_size, dataset, collate_fn)
+    own = list(range(trainer.global_rank, len(batches), trainer.world_size))
     collated = read_batches(dataset, [batches[b] for b in own], collate_fn)
     positions = [torch.arange(b * batch_size, b * batch_size + len(batches[b])) for b in own]
     return list(zip(own, positions, collated, strict=True))

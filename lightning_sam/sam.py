@@ -18,13 +18,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_sam.functional.perturbation import perturbation
+from lightning_sam.functional.perturbation import is_dtensor, perturbation
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 class Ascent(NamedTuple):
@@ -89,13 +92,14 @@ class SAM(Optimizer):
         if self._perturbed is not None and not all(id(p) in all_params for p in self._perturbed):
             raise ValueError("perturbed_params must be parameters of base_optimizer")
         self._real: dict[Tensor, Tensor] = {}  # parameter -> its tensor at the real point, while at the phantom
+        self._real_shards: dict[Tensor, Tensor] = {}  # sharded parameter -> a copy of its shard at the real point
         self._ascended = False  # since the last step: a base step without an ascent is plain SGD, warned about once
         self._warned = False
 
     @property
     def at_phantom_point(self) -> bool:
         """Whether the parameters currently hold the phantom point ``θ + ε``."""
-        return bool(self._real)
+        return bool(self._real or self._real_shards)
 
     def perturbed_params(self) -> list[Tensor]:
         """The parameters that :meth:`ascend` moves."""
@@ -111,7 +115,7 @@ class SAM(Optimizer):
         norm (an fp16 overflow, say) gives ``ε = 0``: the phantom point equals ``θ`` and the returned ``grad_norm``
         is non-finite, so the caller can tell.
         """
-        if self._real:
+        if self.at_phantom_point:
             raise RuntimeError("SAM.ascend() called at the phantom point: call restore() first")
         self._ascended = True
         params = [p for p in self.perturbed_params() if p.grad is not None]
@@ -120,6 +124,9 @@ class SAM(Optimizer):
             return Ascent(zero, zero)
         grads = [p.grad for p in params if p.grad is not None]  # every one: params were chosen by their grad
         step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps)
+        if any(map(is_dtensor, params)):
+            self._ascend_sharded(params, step.epsilon)
+            return Ascent(step.grad_norm, step.norm)
         # θ + ε in one fused pass into new tensors; the parameters point at them and keep θ aside untouched, so
         # the restore is a pointer swap, exact and free (no copy of θ is ever made)
         phantom = torch._foreach_add(params, step.epsilon)
@@ -128,12 +135,30 @@ class SAM(Optimizer):
             p.data = value
         return Ascent(step.grad_norm, step.norm)
 
+    def _ascend_sharded(self, params: list[Tensor], epsilon: list[Tensor]) -> None:
+        """θ + ε where some parameters are DTensors (FSDP2): those move in place, from a copy of their shard.
+
+        FSDP2 gathers a parameter from its shard's own storage, so a shard pointing at a new tensor would be ignored
+        (the phantom forward would run at θ, silently): the shard is kept aside by copy and updated in place.
+        """
+        plain = [(p, e) for p, e in zip(params, epsilon, strict=True) if not is_dtensor(p)]
+        for p, e in plain:
+            self._real[p] = p.data
+            p.data = p.data + e
+        shards = [cast("DTensor", p).to_local() for p in params if is_dtensor(p)]
+        steps = [cast("DTensor", e).to_local() for p, e in zip(params, epsilon, strict=True) if is_dtensor(p)]
+        self._real_shards.update(zip([p for p in params if is_dtensor(p)], [s.clone() for s in shards], strict=True))
+        torch._foreach_add_(shards, steps)
+
     @torch.no_grad()
     def restore(self) -> None:
         """Puts the real parameters ``θ`` back, bit for bit (a no-op at the real point)."""
         for p, real in self._real.items():
             p.data = real
         self._real.clear()
+        for p, shard in self._real_shards.items():
+            cast("DTensor", p).to_local().copy_(shard)
+        self._real_shards.clear()
 
     @contextmanager
     def phantom_point(self) -> Iterator[Ascent]:
@@ -167,7 +192,7 @@ class SAM(Optimizer):
             >>> sam.at_phantom_point
             False
         """
-        if self._real:
+        if self.at_phantom_point:
             raise RuntimeError("SAM.step() called at the phantom point: restore() the real parameters first")
         if closure is None:
             return self._base_step()

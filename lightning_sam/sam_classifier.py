@@ -29,13 +29,15 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats
+from lightning_sam.functional.importance import head_gradient
 from lightning_sam.functional.learning_rate_scaling import centred_head
 from lightning_sam.functional.perturbation import PerturbationSpec, global_norm
 from lightning_sam.sam import SAM, Ascent
+from lightning_sam.sharding import data_parallel_mesh, replicate, shard_body
 
 OptimizerName = Literal["sgd", "sam", "asam", "lsam"]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-RESUMABLE_CHANGES = frozenset({"nonfinite", "_instantiator"})  # may differ from the checkpoint's on resume
+RESUMABLE_CHANGES = frozenset({"nonfinite", "compile", "_instantiator"})  # may differ from the checkpoint's on resume
 
 
 class SAMClassifier(pl.LightningModule):
@@ -67,6 +69,12 @@ class SAMClassifier(pl.LightningModule):
             ``"raise"`` (a check every step, which waits for the device: stop at once, naming the inputs when they
             are the cause) or ``"skip"`` (skip such steps and train on). Under
             ``16-mixed`` the gradient scaler handles overflows instead.
+        compile: compile the body with ``torch.compile`` (default backend, inductor) when training starts, in place
+            (``nn.Module.compile``: parameter names and checkpoints stay those of the eager body; may differ on
+            resume). Moving to the phantom point and back swaps parameter storage of the same shape, dtype and
+            device, which the compiled graph does not guard on: no recompilation per step (a body with BatchNorm
+            compiles twice, once for the phantom pass with frozen statistics). The first steps pay for the
+            compilation; inductor on a CPU needs a C++ compiler. The head, the loss and the ascent stay eager.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class SAMClassifier(pl.LightningModule):
         lsam_bias: bool = False,
         gradient_clip_val: float | None = None,
         nonfinite: Literal["guard", "raise", "skip"] = "guard",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         _check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -115,6 +124,11 @@ class SAMClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         # guard mode: the first step whose gradient was not finite (-1: none), kept on the device
         self._first_nonfinite_step: Tensor | None = None
+        self._sharded = False  # the body sharded by configure_model (ModelParallelStrategy)
+        self._compiled = False  # the body compiled by configure_model (compile=True)
+        # the epoch's phantom losses, summed over examples on the device (None: no phantom pass yet this epoch)
+        self._phantom_loss_sum: Tensor | None = None
+        self._phantom_examples = 0
 
     # --- the interface callbacks use -------------------------------------------------------------------------
 
@@ -184,25 +198,29 @@ class SAMClassifier(pl.LightningModule):
             logits = self.head(representation)
             loss = F.cross_entropy(logits, y)
             if name == "lsam":
-                self._set_head_ascent_gradient(loss)
+                self._set_head_ascent_gradient(representation, logits, y)
             else:
                 self.manual_backward(loss)
 
         if name != "sgd":
             # descend from it: the gradient at θ + ε, applied to θ after the restore
             with opt.optimizer.phantom_point() as ascent:
-                opt.zero_grad()
                 if name == "lsam":
+                    # only the head holds a gradient, the ascent's (the step began with none, as SGD's does): clear
+                    # it, which is all that zero_grad would do here, at a fraction of the cost on a small model
+                    for p in self._lsam_params():
+                        p.grad = None
                     # Φ(x) does not move under LSAM: reuse the body's forward, re-run only the head
                     phantom_logits = self.head(representation)
                 else:
+                    opt.zero_grad()
                     with frozen_batchnorm_stats(self.body):
                         phantom_logits = self(x)
                 phantom_loss = F.cross_entropy(phantom_logits, y)
                 # a non-finite loss at θ gives a non-finite gradient, no perturbation, and is caught here
                 self._check_finite(phantom_loss, "loss at the phantom point", x)
                 self.manual_backward(phantom_loss)
-            self._log_ascent(ascent, phantom_loss, scaled=name != "lsam")
+            self._log_ascent(ascent, phantom_loss, len(y), scaled=name != "lsam")
         else:
             self._check_finite(loss, "loss", x)
 
@@ -218,7 +236,9 @@ class SAMClassifier(pl.LightningModule):
         """Whether steps are guarded on the device: ``nonfinite="guard"`` where fused SGD runs, without a GradScaler."""
         trainer = self._trainer  # None before fit: no GradScaler to defer to
         scaler = None if trainer is None else getattr(trainer.precision_plugin, "scaler", None)
-        return self.hparams.nonfinite == "guard" and scaler is None and self.device.type in ("cpu", "cuda")
+        # fused SGD takes no DTensors (torch 2.14): a sharded body checks on the host, as "raise" does
+        fused = self.device.type in ("cpu", "cuda") and not self._sharded
+        return self.hparams.nonfinite == "guard" and scaler is None and fused
 
     def _flag_nonfinite_gradient(self, opt: Any) -> Tensor:
         """Tells the fused base optimizer, on the device, whether this step's gradient is non-finite."""
@@ -260,19 +280,33 @@ class SAMClassifier(pl.LightningModule):
             self._raise_if_a_step_was_not_finite()
 
     @override
+    def on_train_epoch_start(self) -> None:
+        self._phantom_loss_sum, self._phantom_examples = None, 0
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        if self._phantom_loss_sum is not None:  # SAM, ASAM and LSAM, after at least one step in this epoch
+            mean = self._phantom_loss_sum / self._phantom_examples
+            self.log("train/loss_phantom_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
+
+    @override
     def on_train_end(self) -> None:
         if self._guarded():
             self._raise_if_a_step_was_not_finite()
 
-    def _set_head_ascent_gradient(self, loss: Tensor) -> None:
-        """LSAM: ``∇_W L`` (and ``∇_b L``) into the head's ``.grad``, keeping the graph for the descent's backward."""
+    def _set_head_ascent_gradient(self, representation: Tensor, logits: Tensor, y: Tensor) -> None:
+        """LSAM: ``∇_W L`` (and ``∇_b L``) into the head's ``.grad``, in closed form from the forward's logits.
+
+        One matmul instead of a head-only backward, and the forward's graph stays free for the descent's backward.
+        """
         head = self._lsam_params()
-        grads = torch.autograd.grad(loss, head, retain_graph=True)
+        grads = head_gradient(representation, logits, y, bias=len(head) > 1)
+        grads = [g if g.dtype == p.dtype else g.to(p.dtype) for p, g in zip(head, grads, strict=True)]  # autocast
         if self.hparams.perturbation == "global" and self.trainer.world_size > 1:
             # the head gradient is small: one all-reduce of it gives every device the global-batch direction
             flat = self.trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
             parts = flat.split([g.numel() for g in grads])
-            grads = tuple(part.view_as(g) for part, g in zip(parts, grads, strict=True))
+            grads = [part.view_as(g) for part, g in zip(parts, grads, strict=True)]
         for p, g in zip(head, grads, strict=True):
             p.grad = g
 
@@ -300,10 +334,16 @@ class SAMClassifier(pl.LightningModule):
             "such steps."
         )
 
-    def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, scaled: bool) -> None:
-        self.log("train/loss_phantom", phantom_loss.detach(), on_step=True, on_epoch=True)  # every step: epoch mean
+    def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, batch_size: int, scaled: bool) -> None:
+        # the epoch mean, summed on the device: a self.log every step costs more than LSAM's whole head ascent on a
+        # small model, and loggers only write step values at the logging interval anyway
+        if self._phantom_loss_sum is None:
+            self._phantom_loss_sum = torch.zeros((), device=self.device)
+        self._phantom_loss_sum.add_(phantom_loss.detach(), alpha=batch_size)
+        self._phantom_examples += batch_size
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps:
             return  # the step-only statistics are written at the logging interval: computed only then
+        self.log("train/loss_phantom_step", phantom_loss.detach(), on_step=True, on_epoch=False)
         grad_norm = ascent.grad_norm
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaled and scaler is not None:
@@ -358,6 +398,8 @@ class SAMClassifier(pl.LightningModule):
             self._check_same_training(checkpoint)
 
     def _check_same_architecture(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:
+            return  # a sharded checkpoint: the distributed load has matched every key and shape already
         own = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
         if own == theirs:
@@ -405,7 +447,34 @@ class SAMClassifier(pl.LightningModule):
                 "<checkpoint>: a new optimizer and schedule)."
             )
 
-    # --- optimizer -------------------------------------------------------------------------------------------
+    # --- sharding and optimizer ------------------------------------------------------------------------------
+
+    @override
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy``: shards the body over the processes, keeps the head whole.
+
+        The policy is :mod:`lightning_sam.sharding`'s (FSDP2 per residual stage, or per child block); elsewhere
+        (one device, DDP) nothing changes. With ``compile=True`` it first compiles the body (on any strategy).
+        """
+        self._compile_body()  # in place, before any sharding or DDP wrapper, as torch.compile's docs advise
+        mesh = self.device_mesh
+        if mesh is None or self._sharded:
+            return  # not sharding, or sharded already (the hook runs again for validate and test)
+        if self.hparams.optimizer in ("sam", "asam") and self.hparams.perturbation == "local":
+            raise ValueError(
+                "perturbation='local' needs the ascent's backward without gradient averaging, which a sharded body "
+                "cannot skip (its gradients are reduce-scattered): use perturbation='global' with ModelParallelStrategy"
+            )
+        mesh = data_parallel_mesh(mesh)
+        shard_body(self.body, mesh)
+        replicate(self.head, mesh)
+        self._sharded = True
+
+    def _compile_body(self) -> None:
+        """``compile=True``: the body compiled in place, once (``configure_model`` runs again for validate and test)."""
+        if self.hparams.get("compile", False) and not self._compiled:
+            self.body.compile()
+            self._compiled = True
 
     @override
     def configure_optimizers(self) -> Any:

@@ -65,7 +65,7 @@ def test_default_job_trains_lsam_on_the_toy_and_prints_the_summary(tmp_path):
     assert len(events.Scalars("probe/hard/acc")) >= 2  # every epoch
     lorenz = [tag for tag in events.Tags()["images"] if "lorenz" in tag]
     assert lorenz
-    assert len(events.Images(lorenz[0])) == 1  # --measure.figure_every_n_epochs 5 (default): after the last epoch
+    assert len(events.Images(lorenz[0])) == 1  # --measure.figure_every_n_epochs 10 (default): after the last epoch
 
 
 def test_print_config_shows_every_section_without_training(tmp_path):

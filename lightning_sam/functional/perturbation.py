@@ -6,18 +6,30 @@ and norm layers. LSAM is SAM on the head's parameters only: pass just those. :me
 callbacks' phantom point and the closed-form :func:`~lightning_sam.functional.head_phantom` all call
 :func:`perturbation`, so training and measurement can never disagree on which point is the phantom.
 
+Sharded parameters (DTensors, as FSDP2's ``fully_shard`` makes them) get the same ``ε``: every process computes it
+on its own shards, from norms summed over all shards with one all-reduce (ASAM's two norms share it; a shard
+replicated over a mesh dimension is counted once), and plain tensors next to them count as replicated.
+
 Everything stays on the device: the scale ``ρ / (‖·‖ + eps)`` is a 0-d tensor, and a non-finite norm (an fp16
-overflow, a NaN loss) gives ``ε = 0`` through ``torch.where`` instead of a Python branch, so no host sync happens.
+overflow, a NaN loss) gives ``ε = 0`` through a zero scale instead of a Python branch, so no host sync happens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from functools import partial
+from typing import Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor
+
+try:
+    from torch.distributed.tensor import DTensor
+
+    _SHARDABLE = True
+except ImportError:  # torch < 2.4, or built without distributed: nothing is sharded
+    _SHARDABLE = False
 
 Scope = Literal["head", "all"]
 
@@ -77,7 +89,8 @@ def perturbation(
         eps: added to the norm, so that a zero gradient gives ``ε = 0`` rather than NaN.
 
     Returns:
-        ``ε`` per parameter (new tensors), the gradient norm (non-finite when the gradient is) and ``‖ε‖``.
+        ``ε`` per parameter (new tensors; for a DTensor parameter a DTensor, this process's shard of ``ε``), the
+        gradient norm (non-finite when the gradient is) and ``‖ε‖``.
 
     Example:
         >>> eps_w, = perturbation([torch.zeros(2)], [torch.tensor([3.0, 4.0])], rho=0.5).epsilon
@@ -91,36 +104,154 @@ def perturbation(
     if not params:
         zero = torch.zeros(())
         return Perturbation([], zero, zero)
-    grads = [g.detach() for g in grads]
+    layouts = _layouts(grads)
+    if layouts is None:  # plain tensors: no collective, the norms as they always were
+        if any(map(is_dtensor, params)):
+            raise ValueError("sharded parameters need sharded gradients (DTensors of the same layout)")
+        return _perturbation(params, grads, rho, adaptive, eta, eps, _plain_norms)
+    if any(_placements(p) != _placements(g) for p, g in zip(params, grads, strict=True)):
+        raise ValueError("a sharded parameter needs its gradient sharded the same way (a DTensor, same placements)")
+    # this process's shards; ε on them is this process's shard of the whole ε
+    step = _perturbation(
+        [_local(p) for p in params], [_local(g) for g in grads], rho, adaptive, eta, eps,
+        partial(_sharded_norms, layouts=layouts),
+    )  # fmt: skip
+    epsilon = [_like(e, p) for e, p in zip(step.epsilon, params, strict=True)]
+    return Perturbation(epsilon, step.grad_norm, step.norm)
+
+
+def _perturbation(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    rho: float,
+    adaptive: bool,
+    eta: float,
+    eps: float,
+    norms: Callable[..., list[Tensor]],
+) -> Perturbation:
+    """:func:`perturbation` of plain tensors; ``norms(*lists)`` gives the global norm of each list of them."""
+    grads = [g.detach() if g.requires_grad else g for g in grads]  # every detach is a dispatch: only where needed
     direction: Sequence[Tensor]
     if adaptive:
         # T = |θ| + η on weights; biases and norm-layer parameters (ndim <= 1) are not rescaled
         scales = [p.detach().abs().add_(eta) if p.ndim > 1 else torch.ones_like(p) for p in params]
         scaled = torch._foreach_mul(grads, scales)  # T g
-        grad_norm = global_norm(scaled)
         direction = torch._foreach_mul(scaled, scales)  # T² g
-        direction_norm = global_norm(direction)
+        grad_norm, direction_norm = norms(scaled, direction)
     else:
-        grad_norm = direction_norm = global_norm(grads)
+        (grad_norm,) = norms(grads)
+        direction_norm = grad_norm
         direction = grads
-    finite = torch.isfinite(grad_norm)
-    # a 0-d device tensor: no .item(), no branch on its value
-    scale = torch.where(finite, rho / (grad_norm + eps), torch.zeros_like(grad_norm))
+    # a 0-d device tensor: no .item(), no branch on its value. As ‖·‖ + eps > 0, the quotient is 0 for an infinite
+    # norm and NaN for a NaN one, which becomes 0: a non-finite norm gives a zero scale. Few kernels on purpose: on a
+    # small model the step is bound by their number, not their size (isfinite + where took seven)
+    scale = torch.nan_to_num_(rho / (grad_norm + eps), nan=0.0)
     epsilon = list(torch._foreach_mul(list(direction), scale))
-    # a non-finite gradient times a zero scale is still NaN: zero ε in place, one pass and no copy of the gradient
-    # (masking the direction first, with torch.where, cost three passes: a third of an SGD step on ResNet-18)
-    not_finite = ~finite
+    # a non-finite gradient times a zero scale is still NaN (inf · 0): zero ε in place wherever the scale is 0 (a
+    # finite direction times 0 is 0 already, so ρ = 0 loses nothing). A 0-d mask that is False writes nothing: half
+    # the time of a pass that rewrites ε (nan_to_num_), and masking the direction first, with torch.where, cost three
+    # passes, a third of an SGD step on ResNet-18
+    zero_scale = scale == 0
     for e in epsilon:
-        e.masked_fill_(not_finite, 0.0)
-    return Perturbation(epsilon, grad_norm, torch.where(finite, direction_norm * scale, scale))
+        e.masked_fill_(zero_scale, 0.0)
+    return Perturbation(epsilon, grad_norm, (direction_norm * scale).masked_fill_(zero_scale, 0.0))
 
 
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     """The 2-norm of all tensors taken together, as if concatenated (a 0-d tensor, in float32 at least).
 
+    Sharded tensors (DTensors) count with all their shards, and plain tensors next to them as replicated.
+
     Example:
         >>> global_norm([torch.tensor([3.0]), torch.tensor([[4.0]])]).item()
         5.0
     """
+    layouts = _layouts(tensors)
+    if layouts is not None:
+        return _sharded_norms([_local(t) for t in tensors], layouts=layouts)[0]
     norms = torch._foreach_norm(list(tensors))
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    if len(norms) == 1:
+        return norms[0].float()
+    return torch.linalg.vector_norm(torch.stack(norms).float())  # stacking promotes mixed dtypes, never narrows
+
+
+def _plain_norms(*lists: Sequence[Tensor]) -> list[Tensor]:
+    return [global_norm(tensors) for tensors in lists]
+
+
+# --- sharded tensors ---------------------------------------------------------------------------------------------
+
+
+class _Layout(NamedTuple):
+    """How a DTensor is spread: its device mesh and the mesh dimensions it is sharded over (not replicated on)."""
+
+    mesh: Hashable
+    shard_dims: tuple[int, ...]
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (a parameter or gradient sharded by FSDP2, say): each process holds a shard."""
+    return _SHARDABLE and isinstance(t, DTensor)
+
+
+def _placements(t: Tensor) -> object:
+    """A DTensor's placements, ``None`` for a plain tensor."""
+    return cast(DTensor, t).placements if is_dtensor(t) else None
+
+
+def _layouts(tensors: Sequence[Tensor]) -> list[_Layout | None] | None:
+    """Each tensor's layout (``None``: a plain tensor), or ``None`` when no tensor is sharded."""
+    if not any(map(is_dtensor, tensors)):
+        return None
+    layouts: list[_Layout | None] = []
+    for t in tensors:
+        if not is_dtensor(t):
+            layouts.append(None)
+            continue
+        placements = cast(DTensor, t).placements
+        if any(p.is_partial() for p in placements):
+            raise ValueError(
+                f"a DTensor with a partial placement ({placements}) holds unreduced sums: reduce it before taking "
+                "a norm or perturbation of it"
+            )
+        dims = tuple(i for i, p in enumerate(placements) if p.is_shard())
+        layouts.append(_Layout(cast(DTensor, t).device_mesh, dims))
+    return layouts
+
+
+def _sharded_norms(*lists: Sequence[Tensor], layouts: Sequence[_Layout | None]) -> list[Tensor]:
+    """Global norms of lists of local shards (one layout per position), with one all-reduce per kind of layout.
+
+    Under FSDP2 every parameter is sharded over the same mesh dimension: one all-reduce in all, of one number per
+    list. Shards of a dimension a tensor is replicated over, and plain tensors, are counted once.
+    """
+    groups: dict[_Layout | None, list[int]] = {}
+    for i, layout in enumerate(layouts):
+        groups.setdefault(layout, []).append(i)
+    squares = []
+    for layout, positions in groups.items():
+        # (len(lists),) this process's squared norms
+        square = torch.stack([_squared_norm([tensors[i] for i in positions]) for tensors in lists])
+        for dim in () if layout is None else layout.shard_dims:
+            torch.distributed.all_reduce(square, group=layout.mesh.get_group(dim))  # type: ignore[union-attr]
+        squares.append(square)
+    return list(torch.stack(squares).sum(dim=0).sqrt().unbind())
+
+
+def _squared_norm(tensors: list[Tensor]) -> Tensor:
+    return torch.stack(torch._foreach_norm(tensors)).float().square().sum()
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's shard on this process (the tensor itself, no copy), or a plain tensor as it is."""
+    return cast(DTensor, t.detach()).to_local() if is_dtensor(t) else t
+
+
+def _like(local: Tensor, reference: Tensor) -> Tensor:
+    """``local`` as this process's shard of a DTensor laid out as ``reference`` (plain when the reference is)."""
+    if not is_dtensor(reference):
+        return local
+    ref = cast(DTensor, reference)
+    return DTensor.from_local(
+        local, ref.device_mesh, ref.placements, run_check=False, shape=ref.shape, stride=ref.stride()
+    )

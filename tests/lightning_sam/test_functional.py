@@ -18,6 +18,7 @@ from lightning_sam.functional import (
     group_counts,
     head_phantom,
     importance_weights,
+    linear_probe,
     log_relative_gain,
     lorenz_curve,
     phantom_point,
@@ -152,7 +153,13 @@ def _three_class_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return 3.0 * torch.randn(n, 20, generator=g) + centres[y] + 5.0, y
 
 
-def test_fit_linear_probe_solves_the_same_problem_as_sklearn():
+@pytest.fixture(params=["newton", "lbfgs"])
+def probe_solver(request, monkeypatch):
+    """Forces fit_linear_probe's solver, whatever the probe's size."""
+    monkeypatch.setattr(linear_probe, "NEWTON_MAX_PARAMETERS", 10**9 if request.param == "newton" else 0)
+
+
+def test_fit_linear_probe_solves_the_same_problem_as_sklearn(probe_solver):
     x, y = _three_class_data(600, seed=0)
     x_test, y_test = _three_class_data(2000, seed=1)
     probe = fit_linear_probe(x, y, l2_grid=[1e-2])
@@ -164,7 +171,7 @@ def test_fit_linear_probe_solves_the_same_problem_as_sklearn():
     assert abs(probe.accuracy(x_test, y_test) - reference.score(z_test.numpy(), y_test.numpy())) <= 0.005
 
 
-def test_fit_linear_probe_accuracy_is_within_half_a_point_of_sklearn_with_the_same_selection():
+def test_fit_linear_probe_accuracy_is_within_half_a_point_of_sklearn_with_the_same_selection(probe_solver):
     x, y = _three_class_data(800, seed=2)
     x_test, y_test = _three_class_data(2000, seed=3)
     grid = (1e-1, 1e-2, 1e-3)
@@ -175,7 +182,7 @@ def test_fit_linear_probe_accuracy_is_within_half_a_point_of_sklearn_with_the_sa
     assert abs(probe.accuracy(x_test, y_test) - reference.score(z_test, y_test.numpy())) <= 0.005
 
 
-def test_fit_linear_probe_is_deterministic():
+def test_fit_linear_probe_is_deterministic(probe_solver):
     x, y = _three_class_data(300, seed=4)
     a, b = fit_linear_probe(x, y), fit_linear_probe(x, y)
     assert torch.equal(a.weight, b.weight)

@@ -10,8 +10,9 @@ callback replaces the gradient at ``θ`` by the gradient at the phantom point:
    :meth:`lightning_sam.SAM.phantom_point` (the same ``ε`` as the optimizer, restored bit for bit on exit).
 2. *Descend from it*: the loss of the current batch at ``θ̃`` (BatchNorm running statistics frozen), its gradient
    by ``torch.autograd.grad``, averaged over devices in one flat all-reduce, written into ``.grad`` after the
-   restore. Lightning then clips and steps as usual, so ``global_step``, checkpoints, ``max_steps``, schedulers
-   and clipping behave as without the callback.
+   restore. On a model sharded with FSDP2 (Lightning's ``ModelParallelStrategy``) it is taken by ``backward``
+   instead, whose hooks reduce-scatter it into each shard's ``.grad``. Lightning then clips and steps as usual, so
+   ``global_step``, checkpoints, ``max_steps``, schedulers and clipping behave as without the callback.
 
 Cheap variants: ``every_n_steps=k`` (the phantom pass on every k-th step only) and ``start_step`` (SAM from that
 step on: late-phase SAM, Zhou et al., ICLR 2025).
@@ -19,14 +20,15 @@ step on: late-phase SAM, Zhou et al., ICLR 2025).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -37,6 +39,7 @@ from lightning_sam.callbacks._representation import final_linear
 from lightning_sam.frozen_batchnorm_stats import frozen_batchnorm_stats
 from lightning_sam.functional.perturbation import PerturbationSpec, global_norm
 from lightning_sam.sam import SAM
+from lightning_sam.sharding import reshard
 
 
 class SharpnessAware(Callback):
@@ -53,10 +56,16 @@ class SharpnessAware(Callback):
     GradScaler and unscales its gradient, and an overflow at ``θ`` or at ``θ̃`` makes the scaler skip the step (the
     parameters stay at ``θ``). Non-finite gradients are otherwise left to the Trainer, as without the callback.
 
-    Strategies: one device, or DDP. Under DDP the gradient at ``θ`` is the all-device average, so the perturbation is
-    global: N devices equal one device with the global batch. Per-device perturbation (m-sharpness) is not offered,
-    since it needs the ascent backward without DDP's gradient sync, which only the module controls: use
-    ``SAMClassifier(perturbation="local")`` or the manual pattern in the README.
+    Strategies: one device, DDP, or Lightning's ``ModelParallelStrategy`` with a module that shards itself with
+    FSDP2's ``fully_shard`` in ``configure_model`` (data-parallel only; parameters the module keeps whole need their
+    gradients averaged by a hook of their own, such as :func:`lightning_sam.sharding.replicate`). Under DDP the
+    gradient at ``θ`` is the all-device average, and under sharding each shard's; so the perturbation is global (its
+    norm over all shards) and N devices equal one device with the global batch. Sharded, the phantom gradient comes
+    from a second ``backward``, and ``16-mixed`` is refused (Lightning's ``ModelParallelStrategy`` offers it
+    neither). ``FSDPStrategy`` and DeepSpeed are refused: they wrap the module, which the phantom pass calls
+    unwrapped. Per-device perturbation (m-sharpness) is not offered, since it needs the ascent backward without DDP's
+    gradient sync, which only the module controls: use ``SAMClassifier(perturbation="local")`` or the manual pattern
+    in the README.
 
     Also declares ``perturbation_spec``: the measurement callbacks (``ImportanceWeights``, ``LearningRateScaling``)
     measure this phantom point when the module declares none.
@@ -109,6 +118,7 @@ class SharpnessAware(Callback):
         self._perturbed: list[Tensor] | None = None
         self._sam: SAM | None = None
         self._batch: Any = None
+        self._sharded = False  # under ModelParallelStrategy: the phantom gradient by backward, reduced by FSDP2
 
     def applies_at(self, step: int) -> bool:
         """Whether the optimizer step with this ``global_step`` (0-based) is a SAM step."""
@@ -134,12 +144,20 @@ class SharpnessAware(Callback):
                 "instead."
             )
         strategy = trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or isinstance(strategy, DeepSpeedStrategy):
+        supported = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)
+        if not isinstance(strategy, supported) or isinstance(strategy, DeepSpeedStrategy):
             raise ValueError(
-                f"SharpnessAware supports one device and DDP, got {type(strategy).__name__}: its phantom pass calls "
-                "the unwrapped module, which a sharded strategy does not allow. Use Trainer(strategy='ddp')."
+                f"SharpnessAware supports one device, DDP and ModelParallelStrategy, got {type(strategy).__name__}: "
+                "its phantom pass calls the unwrapped module, which this strategy does not allow. Use "
+                "Trainer(strategy='ddp'), or ModelParallelStrategy with fully_shard in the module's configure_model."
             )
-        self._perturbed = self._scope_parameters(pl_module)
+        self._sharded = isinstance(strategy, ModelParallelStrategy)
+        if self._sharded and getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(
+                "SharpnessAware under ModelParallelStrategy supports no GradScaler (16-mixed): its phantom gradient "
+                "is reduce-scattered by backward, before it could be unscaled. Use precision='bf16-mixed'."
+            )
+        self._perturbed = self._scope_parameters(pl_module)  # validated now, found again once the model is built
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -189,7 +207,8 @@ class SharpnessAware(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.perturbation_spec.scope == "head":  # the head is the layer that produces the output
             check_head(trainer, pl_module, None, self.batch_input)
-            self._perturbed = self._scope_parameters(pl_module)
+        # configure_model ran after setup: fully_shard replaces the parameters it shards
+        self._perturbed = self._scope_parameters(pl_module)
 
     # --- the SAM step ----------------------------------------------------------------------------------------
 
@@ -209,15 +228,16 @@ class SharpnessAware(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        # the gradient at θ: averaged over devices by DDP's reducer, unscaled under 16-mixed; None where
-        # training_step returned None and Lightning skipped the backward
+        # the gradient at θ: averaged over devices by DDP's reducer (or reduce-scattered into shards by FSDP2),
+        # unscaled under 16-mixed; None where training_step returned None and Lightning skipped the backward
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         applied = self.applies_at(trainer.global_step) and bool(params) and self._batch is not None
         pl_module.log("sam/applied", float(applied), on_step=True, on_epoch=False)
         if not applied:
             return
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        with self._wrapper(optimizer).phantom_point():  # ascend to θ + ε; θ is back on exit, also on errors
+        # ascend to θ + ε; θ is back on exit, also on errors
+        with self._fresh_gathers(pl_module), self._wrapper(optimizer).phantom_point():
             grads = self._phantom_gradient(trainer, pl_module, params)
         if scaler is not None:
             grads = self._unscale(scaler, optimizer, grads)
@@ -237,10 +257,27 @@ class SharpnessAware(Callback):
             self._sam = SAM(optimizer, spec.rho, spec.adaptive, spec.eta, perturbed_params=perturbed, eps=self.eps)
         return self._sam
 
+    @contextmanager
+    def _fresh_gathers(self, pl_module: pl.LightningModule) -> Iterator[None]:
+        """Sharded: no FSDP2 unit holds gathered parameters from before the ascent, nor from the phantom point after.
+
+        FSDP2 gathers from the shards, which the ascent and the restore move in place; a root keeps its gathered
+        parameters after a forward, and a later forward would reuse them.
+        """
+        if self._sharded:
+            reshard(pl_module)
+        try:
+            yield
+        finally:
+            if self._sharded:
+                reshard(pl_module)
+
     def _phantom_gradient(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[Tensor]
     ) -> list[Tensor]:
         """The gradient of the phantom loss at the current point, averaged over devices (scaled under 16-mixed)."""
+        if self._sharded:
+            return self._backward_gradient(trainer, pl_module, params)
         with torch.enable_grad():
             with frozen_batchnorm_stats(pl_module), trainer.precision_plugin.train_step_context():
                 loss = self._phantom_loss(pl_module, self._batch)
@@ -255,6 +292,30 @@ class SharpnessAware(Callback):
             parts = flat.split([g.numel() for g in grads])
             grads = [part.view_as(g).to(g.dtype) for part, g in zip(parts, grads, strict=True)]
         return grads
+
+    def _backward_gradient(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[Tensor]
+    ) -> list[Tensor]:
+        """Sharded: the phantom gradient by ``backward``, whose hooks average it over devices into each ``.grad``.
+
+        FSDP2's hooks reduce-scatter it into each shard's ``.grad`` (a hook such as
+        :func:`~lightning_sam.sharding.replicate` averages a whole parameter's); ``autograd.grad`` would bypass them.
+        Every ``.grad`` is put back as found; a parameter the loss does not reach gets zeros, as ``autograd.grad``
+        gives the other path.
+        """
+        # taken before the forward: an FSDP2 root registers its gathered parameters from its forward to its backward
+        saved = {p: p.grad for p in pl_module.parameters()}
+        for p in saved:
+            p.grad = None  # backward accumulates: the gradient at θ must not be added in
+        try:
+            with torch.enable_grad():
+                with frozen_batchnorm_stats(pl_module), trainer.precision_plugin.train_step_context():
+                    loss = self._phantom_loss(pl_module, self._batch)
+                loss.backward()
+            return [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        finally:
+            for p, grad in saved.items():
+                p.grad = grad
 
     def _phantom_loss(self, pl_module: pl.LightningModule, batch: Any) -> Tensor:
         if self.loss is not None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins import MixedPrecision
+from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,7 +24,7 @@ from lightning_sam.callbacks import ImportanceWeights, SharpnessAware
 from lightning_sam.callbacks._phantom import PerturbationOverride, perturbed_parameter_names
 from lightning_sam.functional import PerturbationSpec
 from tests import tiny
-from tests.callbacks import ddp_sharpness_aware_fit
+from tests.callbacks import ddp_sharpness_aware_fit, sharded_sharpness_aware_fit
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -333,6 +334,30 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(tmp_path):
         torch.testing.assert_close(two[key], value, rtol=0, atol=1e-5, msg=key)
 
 
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sharded_sharpness_aware")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "tests.callbacks.sharded_sharpness_aware_fit", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+@pytest.mark.parametrize("run", list(sharded_sharpness_aware_fit.RUNS))
+def test_two_process_sharded_module_equals_one_process_with_the_global_batch(sharded_runs, run):
+    fit = sharded_sharpness_aware_fit
+    model = fit.make_model(run)
+    data = DataLoader(ddp_sharpness_aware_fit.toy_data(), batch_size=2 * ddp_sharpness_aware_fit.PER_DEVICE_BATCH)
+    fit.trainer(run, devices=1).fit(model, data)
+    two = torch.load(sharded_runs / f"{run}.pt", weights_only=True)
+    initial = fit.make_model(run).state_dict()
+    assert two.keys() == initial.keys()
+    for key, value in model.state_dict().items():
+        assert not torch.equal(value, initial[key]), key  # it trained
+        torch.testing.assert_close(two[key], value, rtol=0, atol=1e-5, msg=key)
+
+
 # --- the measurement callbacks read the phantom point that trains ---------------------------------------------
 
 
@@ -405,9 +430,16 @@ def test_setup_errors_name_the_fix(model, callback, trainer_kwargs, message):
         _fit(model(), [SharpnessAware(**callback)], max_steps=1, **trainer_kwargs)
 
 
-def test_a_sharded_strategy_is_refused():
+def test_a_wrapping_strategy_is_refused():
     trainer = SimpleNamespace(accumulate_grad_batches=1, strategy=object())  # FSDP needs a GPU to be built
-    with pytest.raises(ValueError, match=r"supports one device and DDP, got object.*strategy='ddp'"):
+    with pytest.raises(ValueError, match=r"one device, DDP and ModelParallelStrategy, got object.*strategy='ddp'"):
+        SharpnessAware().setup(trainer, _net(), "fit")
+
+
+def test_a_grad_scaler_is_refused_under_model_parallel_strategy():
+    precision = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
+    trainer = SimpleNamespace(accumulate_grad_batches=1, strategy=ModelParallelStrategy(), precision_plugin=precision)
+    with pytest.raises(ValueError, match=r"ModelParallelStrategy supports no GradScaler.*bf16-mixed"):
         SharpnessAware().setup(trainer, _net(), "fit")
 
 

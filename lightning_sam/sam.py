@@ -41,7 +41,8 @@ class SAM(Optimizer):
     """SAM / ASAM / LSAM around ``base_optimizer``, sharing its ``param_groups`` and ``state``.
 
     Because the groups are shared, LR schedulers built on this optimizer drive the base optimizer, and
-    ``state_dict`` / ``load_state_dict`` are the base optimizer's.
+    ``state_dict`` / ``load_state_dict`` are the base optimizer's. The phantom point is written into one extra copy
+    of the perturbed parameters, allocated at the first ascent and reused (not saved in checkpoints).
 
     Args:
         base_optimizer: the optimizer that makes the update (SGD with momentum by default in this project).
@@ -93,6 +94,7 @@ class SAM(Optimizer):
             raise ValueError("perturbed_params must be parameters of base_optimizer")
         self._real: dict[Tensor, Tensor] = {}  # parameter -> its tensor at the real point, while at the phantom
         self._real_shards: dict[Tensor, Tensor] = {}  # sharded parameter -> a copy of its shard at the real point
+        self._phantom: dict[Tensor, Tensor] = {}  # parameter -> the tensor its phantom point is written into
         self._ascended = False  # since the last step: a base step without an ascent is plain SGD, warned about once
         self._warned = False
 
@@ -123,17 +125,30 @@ class SAM(Optimizer):
             zero = torch.zeros(())
             return Ascent(zero, zero)
         grads = [p.grad for p in params if p.grad is not None]  # every one: params were chosen by their grad
-        step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps)
         if any(map(is_dtensor, params)):
+            step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps)
             self._ascend_sharded(params, step.epsilon)
             return Ascent(step.grad_norm, step.norm)
-        # θ + ε in one fused pass into new tensors; the parameters point at them and keep θ aside untouched, so
-        # the restore is a pointer swap, exact and free (no copy of θ is ever made)
-        phantom = torch._foreach_add(params, step.epsilon)
+        # θ + ε written into one tensor per parameter, kept from step to step (fresh memory each step cost a tenth
+        # of an SGD step on ResNet-18 on the CPU); the parameters point at them and keep θ aside untouched, so the
+        # restore is a pointer swap, exact and free (no copy of θ is ever made)
+        phantom = self._phantom_tensors(params)
+        step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps, out=phantom)
+        torch._foreach_add_(phantom, params)
         for p, value in zip(params, phantom, strict=True):
             self._real[p] = p.data
             p.data = value
         return Ascent(step.grad_norm, step.norm)
+
+    def _phantom_tensors(self, params: list[Tensor]) -> list[Tensor]:
+        """One tensor per parameter to hold its phantom point, allocated once (again if the parameter changed)."""
+        tensors = []
+        for p in params:
+            held = self._phantom.get(p)
+            if held is None or held.shape != p.shape or held.dtype != p.dtype or held.device != p.device:
+                held = self._phantom[p] = torch.empty_like(p.data)
+            tensors.append(held)
+        return tensors
 
     def _ascend_sharded(self, params: list[Tensor], epsilon: list[Tensor]) -> None:
         """θ + ε where some parameters are DTensors (FSDP2): those move in place, from a copy of their shard.

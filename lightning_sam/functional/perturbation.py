@@ -77,6 +77,7 @@ def perturbation(
     adaptive: bool = False,
     eta: float = 0.01,
     eps: float = 1e-12,
+    out: Sequence[Tensor] | None = None,
 ) -> Perturbation:
     """The SAM (or ASAM) perturbation of ``params`` from their loss gradients ``grads``.
 
@@ -87,10 +88,13 @@ def perturbation(
         adaptive: ASAM instead of SAM.
         eta: ASAM's ``η``.
         eps: added to the norm, so that a zero gradient gives ``ε = 0`` rather than NaN.
+        out: tensors shaped like ``params`` to write ``ε`` into (plain tensors only), instead of new ones. On the
+            CPU, filling fresh memory costs more than computing ``ε`` (page faults: 17 of 26 ms on ResNet-18), so
+            :class:`~lightning_sam.SAM` keeps one set and reuses it every step.
 
     Returns:
-        ``ε`` per parameter (new tensors; for a DTensor parameter a DTensor, this process's shard of ``ε``), the
-        gradient norm (non-finite when the gradient is) and ``‖ε‖``.
+        ``ε`` per parameter (new tensors, or ``out``; for a DTensor parameter a DTensor, this process's shard of
+        ``ε``), the gradient norm (non-finite when the gradient is) and ``‖ε‖``.
 
     Example:
         >>> eps_w, = perturbation([torch.zeros(2)], [torch.tensor([3.0, 4.0])], rho=0.5).epsilon
@@ -108,7 +112,7 @@ def perturbation(
     if layouts is None:  # plain tensors: no collective, the norms as they always were
         if any(map(is_dtensor, params)):
             raise ValueError("sharded parameters need sharded gradients (DTensors of the same layout)")
-        return _perturbation(params, grads, rho, adaptive, eta, eps, _plain_norms)
+        return _perturbation(params, grads, rho, adaptive, eta, eps, _plain_norms, out)
     if any(_placements(p) != _placements(g) for p, g in zip(params, grads, strict=True)):
         raise ValueError("a sharded parameter needs its gradient sharded the same way (a DTensor, same placements)")
     # this process's shards; ε on them is this process's shard of the whole ε
@@ -128,6 +132,7 @@ def _perturbation(
     eta: float,
     eps: float,
     norms: Callable[..., list[Tensor]],
+    out: Sequence[Tensor] | None = None,
 ) -> Perturbation:
     """:func:`perturbation` of plain tensors; ``norms(*lists)`` gives the global norm of each list of them."""
     grads = [g.detach() if g.requires_grad else g for g in grads]  # every detach is a dispatch: only where needed
@@ -146,7 +151,12 @@ def _perturbation(
     # norm and NaN for a NaN one, which becomes 0: a non-finite norm gives a zero scale. Few kernels on purpose: on a
     # small model the step is bound by their number, not their size (isfinite + where took seven)
     scale = torch.nan_to_num_(rho / (grad_norm + eps), nan=0.0)
-    epsilon = list(torch._foreach_mul(list(direction), scale))
+    if out is None:
+        epsilon = list(torch._foreach_mul(list(direction), scale))
+    else:
+        epsilon = list(out)
+        torch._foreach_copy_(epsilon, list(direction))
+        torch._foreach_mul_(epsilon, scale)
     # a non-finite gradient times a zero scale is still NaN (inf · 0): zero ε in place wherever the scale is 0 (a
     # finite direction times 0 is 0 already, so ρ = 0 loses nothing). A 0-d mask that is False writes nothing: half
     # the time of a pass that rewrites ε (nan_to_num_), and masking the direction first, with torch.where, cost three

@@ -84,6 +84,30 @@ def test_restore_returns_real_parameters_bit_for_bit():
         assert torch.equal(p, b)
 
 
+def test_ascend_writes_the_phantom_point_into_the_same_tensors_every_step_and_leaves_theta_alone():
+    model, x, t = _quadratic()
+    sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.7)
+    phantoms = []
+    for _ in range(2):
+        sam.zero_grad()
+        _loss(model, x, t).backward()
+        real = [p.data_ptr() for p in model.parameters()]
+        norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        expected = [(p + 0.7 * p.grad / norm).detach() for p in model.parameters()]
+        with sam.phantom_point():
+            phantoms.append([p.data.data_ptr() for p in model.parameters()])
+            for p, e in zip(model.parameters(), expected, strict=True):
+                torch.testing.assert_close(p.data, e)
+        assert [p.data_ptr() for p in model.parameters()] == real  # θ's own storage, back
+        sam.step()
+    assert phantoms[0] == phantoms[1]  # allocated once
+    model.double()  # parameters of another dtype get new phantom tensors
+    sam.zero_grad()
+    _loss(model, x.double(), t.double()).backward()
+    with sam.phantom_point():
+        assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
 def test_phantom_point_restores_when_the_block_raises():
     model, x, t = _quadratic()
     sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.7)

@@ -40,7 +40,7 @@ def shard_units(body: nn.Module) -> list[nn.Module]:
     module = body
     while True:
         children = [child for child in module.children() if any(True for _ in child.parameters())]
-        if len(children) != 1:
+        if len(children) != 1 or next(children[0].children(), None) is None:  # several, none, or one leaf layer
             return children
         module = children[0]
 

@@ -196,16 +196,21 @@ def _head_phantom_point(
     whole model again at the phantom point; under LSAM only the head moves, so ``z̃ = W̃ Φ + b̃`` (3x cheaper on the
     toy). ``None`` when the head does not see ``(B, D)`` rows or its output is not the model's.
     """
-    captured: list[Tensor] = []
-    handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    captured: list[tuple[Tensor, Tensor]] = []  # (Φ, z) of each call of the head
+    handle = head.register_forward_hook(lambda _module, args, out: captured.append((args[0], out)))
     try:
         with torch.no_grad():
             real_logits = model(x)
     finally:
         handle.remove()
-    if len(captured) != 1 or captured[0].ndim != 2 or real_logits.shape != (len(y), head.out_features):
+    if len(captured) != 1 or captured[0][0].ndim != 2:
         return None
-    representation = captured[0]
+    if captured[0][1] is not real_logits and not (
+        isinstance(real_logits, Tensor) and real_logits.shape == captured[0][1].shape
+        and bool(torch.equal(real_logits, captured[0][1]))
+    ):  # fmt: skip
+        return None  # the model transforms the head's output (a temperature, say): only the autograd path is exact
+    representation = captured[0][0]
     bias = None if head.bias is None else head.bias.detach()
     w_tilde, b_tilde = head_phantom(
         representation, y, head.weight.detach(), bias, spec.rho, spec.head_bias, spec.adaptive, spec.eta

@@ -16,6 +16,7 @@ from typing import cast
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from typing_extensions import override
@@ -86,12 +87,16 @@ class FeatureDataModule(pl.LightningDataModule):
 
         Lightning's own DistributedSampler pads the ranks' shares to equal length with repeated examples, which the
         synced validation and test metrics (losses, accuracies, group accuracies) would count twice; unpadded, they
-        are those of one process. Ranks may then run one batch more or less, which evaluation allows (DDP syncs
-        buffers at most before the first evaluation batch, which every rank has). A split smaller than the world
-        (some rank would get nothing) is left to Lightning.
+        are those of one process. Ranks may then run one batch more or less, which DDP's evaluation allows (it syncs
+        buffers at most before the first evaluation batch, which every rank has). Not so where every forward is a
+        collective (ModelParallelStrategy, FSDP and DeepSpeed gather the parameters): a rank with an extra batch
+        would wait forever for the others, so there, and for a split smaller than the world (some rank would get
+        nothing), the sharding is left to Lightning, repeats included.
         """
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1 or len(dataset) < trainer.world_size:
+            return None
+        if not isinstance(trainer.strategy, DDPStrategy) or isinstance(trainer.strategy, DeepSpeedStrategy):
             return None
         return UnrepeatedDistributedSampler(
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False

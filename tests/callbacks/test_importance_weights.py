@@ -184,6 +184,25 @@ def test_lsam_measurement_in_closed_form_equals_the_autograd_phantom_point(tmp_p
     assert closed_form[-1]["importance/gini_phantom"] != closed_form[-1]["importance/gini_real"]
 
 
+def test_lsam_measurement_falls_back_to_autograd_when_the_model_transforms_the_heads_output():
+    from lightning_sam.callbacks import _phantom
+    from lightning_sam.functional import PerturbationSpec
+
+    class Tempered(torch.nn.Module):
+        def __init__(self, temperature: float) -> None:
+            super().__init__()
+            self.body, self.head, self.temperature = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), temperature
+
+        def forward(self, x):
+            return self.head(self.body(x)) / self.temperature
+
+    x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1] * 4)
+    spec = PerturbationSpec(rho=0.5, scope="head")
+    plain, tempered = Tempered(1.0), Tempered(2.0)
+    assert _phantom._head_phantom_point(plain, plain.head, ["head.weight"], x, y, spec) is not None  # z / 1 = z
+    assert _phantom._head_phantom_point(tempered, tempered.head, ["head.weight"], x, y, spec) is None
+
+
 def test_importance_weights_and_learning_rate_scaling_share_one_phantom_pass(tmp_path):
     def measurement_forwards(callbacks) -> int:
         torch.manual_seed(0)

@@ -203,14 +203,15 @@ def _head_phantom_point(
             real_logits = model(x)
     finally:
         handle.remove()
-    if len(captured) != 1 or captured[0][0].ndim != 2:
+    if len(captured) != 1:
         return None
-    if captured[0][1] is not real_logits and not (
-        isinstance(real_logits, Tensor) and real_logits.shape == captured[0][1].shape
-        and bool(torch.equal(real_logits, captured[0][1]))
-    ):  # fmt: skip
-        return None  # the model transforms the head's output (a temperature, say): only the autograd path is exact
-    representation = captured[0][0]
+    representation, head_output = captured[0]
+    # a model that transforms the head's output (a temperature, say) is exact only on the autograd path
+    own_output = head_output is real_logits or (
+        isinstance(real_logits, Tensor) and torch.equal(real_logits, head_output)
+    )
+    if representation.ndim != 2 or not own_output:
+        return None
     bias = None if head.bias is None else head.bias.detach()
     w_tilde, b_tilde = head_phantom(
         representation, y, head.weight.detach(), bias, spec.rho, spec.head_bias, spec.adaptive, spec.eta

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_sam.functional.perturbation import is_dtensor, perturbation
+from lightning_sam.functional.perturbation import is_dtensor, perturbation, perturbed_point
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -113,9 +113,11 @@ class SAM(Optimizer):
     def ascend(self) -> Ascent:
         """Moves the perturbed parameters from ``θ`` to ``θ + ε``, with ``ε`` from their current ``.grad``.
 
-        ``ε`` comes from :func:`~lightning_sam.functional.perturbation`, without a host sync. A non-finite gradient
-        norm (an fp16 overflow, say) gives ``ε = 0``: the phantom point equals ``θ`` and the returned ``grad_norm``
-        is non-finite, so the caller can tell.
+        ``ε`` is :func:`~lightning_sam.functional.perturbation`'s, computed without a host sync. A non-finite
+        gradient norm (an fp16 overflow, say) gives a zero scale: the returned ``grad_norm`` is non-finite and
+        ``perturbation_norm`` is 0, so the caller can tell. The phantom point is then ``θ`` where the gradient is
+        finite and NaN where it is not (``0 · ∞``, see :func:`~lightning_sam.functional.perturbed_point`), so that step
+        is caught wherever non-finite steps are; ``θ`` itself is never written, and :meth:`restore` gives it back.
         """
         if self.at_phantom_point:
             raise RuntimeError("SAM.ascend() called at the phantom point: call restore() first")
@@ -129,12 +131,11 @@ class SAM(Optimizer):
             step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps)
             self._ascend_sharded(params, step.epsilon)
             return Ascent(step.grad_norm, step.norm)
-        # θ + ε written into one tensor per parameter, kept from step to step (fresh memory each step cost a tenth
-        # of an SGD step on ResNet-18 on the CPU); the parameters point at them and keep θ aside untouched, so the
-        # restore is a pointer swap, exact and free (no copy of θ is ever made)
+        # θ + ε written, in one pass, into one tensor per parameter kept from step to step (fresh memory each step
+        # cost a tenth of an SGD step on ResNet-18 on the CPU); the parameters point at them and keep θ aside
+        # untouched, so the restore is a pointer swap, exact and free (no copy of θ is ever made)
         phantom = self._phantom_tensors(params)
-        step = perturbation(params, grads, self.rho, self.adaptive, self.eta, self.eps, out=phantom)
-        torch._foreach_add_(phantom, params)
+        step = perturbed_point(params, grads, self.rho, phantom, self.adaptive, self.eta, self.eps)
         for p, value in zip(params, phantom, strict=True):
             self._real[p] = p.data
             p.data = value

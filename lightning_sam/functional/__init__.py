@@ -29,7 +29,13 @@ from lightning_sam.functional.learning_rate_scaling import (
     probe_directions,
 )
 from lightning_sam.functional.linear_probe import LinearProbe, fit_linear_probe, held_out_split
-from lightning_sam.functional.perturbation import Perturbation, PerturbationSpec, global_norm, perturbation
+from lightning_sam.functional.perturbation import (
+    Perturbation,
+    PerturbationSpec,
+    global_norm,
+    perturbation,
+    perturbed_point,
+)
 
 __all__ = [
     "FeatureScaling",
@@ -56,6 +62,7 @@ __all__ = [
     "log_relative_gain",
     "lorenz_curve",
     "perturbation",
+    "perturbed_point",
     "phantom_point",
     "probe_directions",
     "within_class_gini",

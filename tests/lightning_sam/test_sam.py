@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_sam import SAM
+from lightning_sam.functional import perturbation, perturbed_point
 
 
 def _quadratic(seed: int = 0) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
@@ -55,21 +56,51 @@ def test_zero_gradient_gives_zero_perturbation_not_nan():
 
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
-def test_nonfinite_gradient_gives_a_zero_perturbation(adaptive, bad):
+def test_nonfinite_gradient_gives_a_zero_scale_and_leaves_the_real_point_untouched(adaptive, bad):
     model, _, _ = _quadratic()
     sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5, adaptive=adaptive)
     before = [p.detach().clone() for p in model.parameters()]
     for p in model.parameters():
         p.grad = torch.full_like(p, 1.0)
         p.grad.view(-1)[0] = bad
-    ascent = sam.ascend()  # decided on the device: no host sync, so the phantom point is θ + 0
+    ascent = sam.ascend()  # decided on the device: no host sync
     assert not torch.isfinite(ascent.grad_norm)
     assert ascent.perturbation_norm.item() == 0.0
     for p, b in zip(model.parameters(), before):
-        assert torch.equal(p, b)
+        # a zero scale: θ wherever the gradient is finite, NaN (0 · ∞) where it is not, so the phantom loss and
+        # gradient are non-finite and the step is caught as any non-finite step is
+        assert torch.isnan(p.view(-1)[0])
+        assert torch.equal(p.view(-1)[1:], b.view(-1)[1:])
     sam.restore()
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_perturbation_of_a_nonfinite_gradient_is_zero(adaptive, bad):
+    params = [torch.randn(2, 3), torch.randn(3)]
+    grads = [torch.ones(2, 3), torch.ones(3)]
+    grads[0][0, 0] = bad
+    step = perturbation(params, grads, rho=0.5, adaptive=adaptive)
+    assert not torch.isfinite(step.grad_norm)
+    assert step.norm.item() == 0.0
+    for e in step.epsilon:
+        assert torch.equal(e, torch.zeros_like(e))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_perturbed_point_is_theta_plus_the_perturbation(adaptive):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g)]
+    grads = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g)]
+    expected = perturbation(params, grads, rho=0.3, adaptive=adaptive)
+    out = [torch.empty_like(p) for p in params]
+    got = perturbed_point(params, grads, rho=0.3, out=out, adaptive=adaptive)
+    for p, e, o in zip(params, expected.epsilon, out):
+        torch.testing.assert_close(o, p + e, rtol=0, atol=1e-7)
+    torch.testing.assert_close(got.norm, expected.norm)
+    torch.testing.assert_close(got.grad_norm, expected.grad_norm)
 
 
 def test_restore_returns_real_parameters_bit_for_bit():

@@ -30,7 +30,8 @@ class FeatureDataModule(pl.LightningDataModule):
 
     Args:
         root: folder that holds (or will hold) the dataset.
-        batch_size: examples per batch (per device under DDP).
+        batch_size: examples per batch (per device under DDP); evaluation and probe batches hold
+            ``max(batch_size, evaluation_batch_size)``, where a subclass sets ``evaluation_batch_size``.
         num_workers: DataLoader worker processes.
         seed: seeds every split and sampling choice the datamodule makes.
     """
@@ -39,6 +40,10 @@ class FeatureDataModule(pl.LightningDataModule):
     feature_names: tuple[str, ...]
     num_groups: int = 0  # 0: the dataset defines no groups (batch.group is -1)
     reads_root: bool = True  # False for generated data, whose root is unused
+    # examples per batch in validation, test and the probes' passes, which keep no activations for a backward, when
+    # that is more than batch_size: a dataset of tiny examples sets it (on the toy, reading the probe splits in
+    # batches of 128 took four times as long as in one batch: a tenth of every epoch went to the probes' reads)
+    evaluation_batch_size: int = 0
 
     def __init__(self, root: str | Path = "data", batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
@@ -63,6 +68,7 @@ class FeatureDataModule(pl.LightningDataModule):
         self.probe_test_dataset: Dataset | None = None
 
     def _loader(self, dataset: Dataset | None, name: str, shuffle: bool = False, shard: bool = False) -> DataLoader:
+        """A training loader (``shuffle``) or an evaluation one, this rank's share of the split where ``shard``."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.{name} is not built: call setup() first (the Trainer does).")
         sampler: Sampler | None = None
@@ -72,7 +78,7 @@ class FeatureDataModule(pl.LightningDataModule):
             sampler = self._evaluation_shard(cast(Sized, dataset))
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if shuffle else max(self.batch_size, self.evaluation_batch_size),
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -63,7 +63,7 @@ class ToyDataModule(FeatureDataModule):
 
     Args:
         root: unused (the data is generated); kept for the shared constructor shape.
-        batch_size: examples per batch.
+        batch_size: examples per training batch (validation, test and probe batches hold up to 1024).
         num_workers: DataLoader workers.
         seed: seeds every split.
         n_train: training examples.
@@ -80,6 +80,7 @@ class ToyDataModule(FeatureDataModule):
     feature_names = ("easy", "hard")
     num_groups = 4  # 2 y + easy label
     reads_root = False
+    evaluation_batch_size = 1024  # three numbers per example: evaluation and probes read a split in a few batches
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ each with a slice of it (:mod:`~lightning_sam.callbacks._sharded_phantom`).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable, Sized
+from collections.abc import Callable, Hashable, Iterable, Sized
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, cast
 
@@ -116,23 +116,41 @@ class PhantomBatch(NamedTuple):
     phantom_head_weight: Tensor  # (K, D): W̃ (equal to W when the scope leaves the head alone)
 
 
-def perturbed_parameter_names(model: nn.Module, spec: PerturbationSpec, head: str | None = None) -> list[str]:
+def perturbed_parameter_names(
+    model: nn.Module, spec: PerturbationSpec, head: str | None = None, updated: Iterable[Tensor] | None = None
+) -> list[str]:
     """Names of the parameters the phantom point moves.
 
-    The head's weight (and bias), every trainable one, or the trainable ones of the module ``spec.scope`` names.
+    The head's weight (and bias), every trainable one, or the trainable ones of the module ``spec.scope`` names;
+    with ``updated`` (the parameters the optimizers update), only those among them: :class:`~lightning_sam.SAM`
+    and ``SharpnessAware`` perturb only what the optimizer updates, and the measurement must move what training
+    moves (a body left out of the optimizer, with ``requires_grad`` still set, is not perturbed).
     """
     if spec.scope == "all":
-        return [n for n, p in model.named_parameters() if p.requires_grad]
-    if spec.scope != "head":
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+    elif spec.scope != "head":
         module = dict(model.named_modules()).get(spec.scope)
         if module is None:
             raise ValueError(f"scope {spec.scope!r} names no module of {type(model).__name__}")
-        return [f"{spec.scope}.{n}" for n, p in module.named_parameters() if p.requires_grad]
-    name, module = final_linear(model, head)
-    names = [f"{name}.weight"]
-    if spec.head_bias and module.bias is not None:
-        names.append(f"{name}.bias")
-    return names
+        names = [f"{spec.scope}.{n}" for n, p in module.named_parameters() if p.requires_grad]
+    else:
+        name, linear = final_linear(model, head)
+        names = [f"{name}.weight"]
+        if spec.head_bias and linear.bias is not None:
+            names.append(f"{name}.bias")
+    if updated is None:
+        return names
+    ids = {id(p) for p in updated}
+    named = dict(model.named_parameters())
+    return [n for n in names if id(named[n]) in ids]
+
+
+def optimized_parameters(trainer: pl.Trainer) -> list[Tensor] | None:
+    """The parameters the trainer's optimizers update; ``None`` before there are any (a measurement outside fit)."""
+    optimizers = trainer.optimizers
+    if not optimizers:
+        return None
+    return [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
 
 
 # model -> (key, batches): the last measurement, shared by every callback asking for the same one at the same step
@@ -155,15 +173,17 @@ def phantom_batches(
     ``functional_call``: parameters, gradients, buffers and train/eval modes are left exactly as found.
     """
     dataset = _training_dataset(trainer, dataset)
+    names = perturbed_parameter_names(pl_module, spec, head, optimized_parameters(trainer))
     # the weights themselves are part of the key: in-place updates and loads bump each tensor's version counter
     weights = tuple((id(p), p._version) for p in pl_module.parameters())
-    key = (id(trainer), trainer.global_step, weights, spec, sampling, head, batch_input, batch_target, id(dataset))
+    key = (id(trainer), trainer.global_step, weights, spec, tuple(names), sampling, head, batch_input, batch_target,
+           id(dataset))  # fmt: skip
     cached = _CACHE.get(pl_module)
     if cached is not None and cached[0] == key:
         return cached[1]
-    names = perturbed_parameter_names(pl_module, spec, head)
     head_name, head_module = final_linear(pl_module, head)
     weight_name = f"{head_name}.weight"
+    whole_scope = names == perturbed_parameter_names(pl_module, spec, head)
     batches = []
     sharded = is_sharded(pl_module)
     # random augmentations of the training set draw from the global RNG: measuring must not move training's draws
@@ -172,9 +192,13 @@ def phantom_batches(
             batch = move_data_to_device(batch, pl_module.device)
             y = batch_target(batch)
             point = None
-            if sharded:  # FSDP2: every rank takes part in every batch, each with a slice of it
+            if not names:  # the scope holds nothing the optimizer updates: the phantom point is the real one
+                with torch.no_grad():
+                    real_logits = pl_module(batch_input(batch))
+                point = PhantomPoint(real_logits, real_logits, {})
+            elif sharded:  # FSDP2: every rank takes part in every batch, each with a slice of it
                 point = sharded_phantom_point(pl_module, batch_input(batch), y, spec, names, weight_name)
-            elif spec.scope == "head":
+            elif spec.scope == "head" and whole_scope:  # the closed form perturbs the scope's every tensor
                 point = _head_phantom_point(pl_module, head_module, names, batch_input(batch), y, spec)
             if point is None:
                 point = phantom_point(

@@ -21,7 +21,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_sam import SAM, SAMClassifier
 from lightning_sam.bodies import TwoBranchMLP
 from lightning_sam.callbacks import ImportanceWeights, SharpnessAware
-from lightning_sam.callbacks._phantom import PerturbationOverride, perturbed_parameter_names
+from lightning_sam.callbacks._phantom import (
+    PerturbationOverride,
+    optimized_parameters,
+    perturbed_parameter_names,
+    phantom_batches,
+)
 from lightning_sam.functional import PerturbationSpec
 from tests import tiny
 from tests.callbacks import ddp_sharpness_aware_fit, sharded_sharpness_aware_fit
@@ -375,6 +380,50 @@ def test_importance_weights_measures_the_phantom_point_sharpness_aware_trains_wi
     other = history([SharpnessAware(rho=0.3, scope="head"), importance(scope="all")])  # ρ still the callback's
     assert implicit == explicit
     assert implicit[0]["importance/gini_phantom"] != other[0]["importance/gini_phantom"]
+
+
+class HeadOnly(tiny.TinyClassifier):
+    """Trains only its head: the body keeps requires_grad but is not in the optimizer (fine-tuning a head)."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.head.parameters(), lr=self.lr)
+
+
+def _head_only_measured(scope: str, spec: PerturbationSpec | None = None):
+    """HeadOnly trained one epoch by SharpnessAware(scope) beside ImportanceWeights.
+
+    Returns the trainer, the model, the spec the measurement resolved, the phantom batches it measures (with
+    ``spec``, if given) and its history.
+    """
+    torch.manual_seed(0)
+    model = HeadOnly()
+    importance = ImportanceWeights(num_examples=32, lorenz_figure=False)
+    trainer = _fit(model, [SharpnessAware(rho=0.3, scope=scope), importance], batch_size=8, max_epochs=1)
+    resolved = PerturbationOverride().resolve(model, "ImportanceWeights", trainer)
+    batches = phantom_batches(
+        trainer, model, spec or resolved, importance.sampling, None, lambda b: b[0], lambda b: b[1]
+    )
+    return trainer, model, resolved, batches, importance.history
+
+
+def test_the_measurement_moves_only_what_the_optimizer_updates():
+    # SAM perturbs the optimizer's parameters only: scope "all" on a head-only optimizer is the head, weight and bias
+    trainer, model, spec, measured, _ = _head_only_measured("all")
+    assert perturbed_parameter_names(model, spec, updated=optimized_parameters(trainer)) == ["head.weight", "head.bias"]
+    assert len(perturbed_parameter_names(model, spec)) == 6  # every requires_grad tensor, without the optimizer
+    head_and_bias = PerturbationSpec(rho=0.3, scope="head", head_bias=True)  # the same tensors, in closed form
+    *_, expected, _ = _head_only_measured("all", head_and_bias)
+    for got, want in zip(measured, expected, strict=True):
+        torch.testing.assert_close(got.phantom_logits, want.phantom_logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.real_logits, want.real_logits, rtol=0, atol=0)
+    assert any(not torch.equal(b.phantom_logits, b.real_logits) for b in measured)
+
+
+def test_a_scope_the_optimizer_does_not_update_measures_the_real_point():
+    *_, batches, history = _head_only_measured("body")
+    for batch in batches:
+        assert torch.equal(batch.phantom_logits, batch.real_logits)
+    assert history[0]["importance/gini_phantom"] == history[0]["importance/gini_real"]
 
 
 def test_a_module_name_scope_reaches_the_measurement_engine():

@@ -116,7 +116,7 @@ def measurement_callbacks(
 
 
 def run_summary(trainer: pl.Trainer) -> str:
-    """A short human summary of a finished ``fit``: final metrics, the mechanism, where the logs and checkpoint are."""
+    """A short human summary of a finished or interrupted ``fit``: metrics, the mechanism, the logs and checkpoint."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     shown = [k for k in SUMMARY_KEYS if k in metrics]
     shown += sorted(
@@ -126,7 +126,11 @@ def run_summary(trainer: pl.Trainer) -> str:
     mechanism = {k: metrics.get(k, metrics.get(f"{k}_epoch")) for k in MECHANISM_KEYS}
     mechanism = {k: v for k, v in mechanism.items() if v is not None}
 
-    lines = [f"Finished after {trainer.current_epoch} epochs, {trainer.global_step} steps."]
+    steps = f"{trainer.global_step} steps"
+    if trainer.interrupted:
+        lines = [f"Interrupted during epoch {trainer.current_epoch} (counted from 0), after {steps}."]
+    else:
+        lines = [f"Finished after {trainer.current_epoch} epochs, {steps}."]
     lines += [f"  {k:<28} {metrics[k]:.4f}" for k in shown]
     if mechanism:
         lines.append("Mechanism:")
@@ -136,6 +140,10 @@ def run_summary(trainer: pl.Trainer) -> str:
     checkpoint_path = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
     if checkpoint_path:
         lines.append(f"Checkpoint:  {checkpoint_path}")
+        if trainer.interrupted:
+            lines.append("Resume:      python train.py --ckpt_path last, with this run's other flags")
+    elif trainer.interrupted:
+        lines.append("Checkpoint:  none yet (the first is written when an epoch ends)")
     for logger in trainer.loggers:
         if logger.log_dir is None:
             continue
@@ -667,6 +675,11 @@ def _fit() -> None:
         return
     try:
         cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+    except SystemExit:
+        # Ctrl-C: Lightning shut down gracefully and exits; say where the run stopped and how to resume it
+        if cli.trainer.interrupted and cli.trainer.is_global_zero:
+            print(run_summary(cli.trainer))
+        raise
     except UnreadableImageError as error:
         if cli.trainer.global_step == 0:
             cli.release_run_folders()

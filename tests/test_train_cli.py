@@ -4,6 +4,7 @@ Two DDP processes from the command line: tests/test_train_ddp_equality.py.
 """
 
 import runpy
+import signal
 import subprocess
 import sys
 import threading
@@ -287,6 +288,22 @@ def test_a_run_keeps_epoch_checkpoints_and_last_next_to_an_on_exception_checkpoi
     assert code == 0, printed[-3000:]
     checkpoints = {p.name for p in (tmp_path / RUNS / "version_0" / "checkpoints").iterdir()}
     assert checkpoints == {"epoch=0-step=1.ckpt", "last.ckpt"}
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume_it(train_here, tmp_path):
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code, printed = train_here("--trainer.max_epochs=5", "--trainer.callbacks+=tests.tiny.CtrlC",
+                                   "--trainer.callbacks.step=3")  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from its graceful shutdown on
+    assert code == 1  # Lightning's exit status after a graceful shutdown
+    assert "Interrupted during epoch 3 (counted from 0), after 3 steps." in printed
+    last = (tmp_path / RUNS / "version_0" / "checkpoints" / "last.ckpt").resolve()
+    assert f"Checkpoint:  {last}" in printed
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # the end of epoch 2, the last one finished
+    assert "Resume:      python train.py --ckpt_path last" in printed
+    assert "Finished after" not in printed
 
 
 def test_a_configured_model_checkpoint_replaces_the_default_one(train_here, tmp_path):

@@ -101,6 +101,17 @@ class Preempted(pl.Callback):
             trainer.should_stop = True
 
 
+class CtrlC(pl.Callback):
+    """Presses Ctrl-C (raises ``KeyboardInterrupt``) when training reaches global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
 def snapshot(module: nn.Module) -> dict:
     """Everything a callback must leave alone: state, gradients, modes and the global RNG."""
     return {

@@ -151,6 +151,7 @@ def _finished_trainer(metrics: dict[str, float], loggers=(), checkpoint=None) ->
         callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
         loggers=list(loggers),
         checkpoint_callback=checkpoint,
+        interrupted=False,
     )
 
 

@@ -16,6 +16,7 @@ logs and ``checkpoints/`` (``last.ckpt`` among them). A run that fails before it
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -397,12 +398,33 @@ def clearer_parse_error(message: str) -> str:
     return message
 
 
+def did_you_mean(message: str, flags: list[str]) -> str:
+    """``" (did you mean --model.rho?)"`` for each unrecognized flag of ``message`` that is close to a real one."""
+    match = re.search(r"unrecognized arguments: (.*)", message)
+    if match is None:
+        return ""
+    hints = []
+    for given in re.findall(r"(?<!\S)(--[\w.\-+]+)", match.group(1)):
+        close = difflib.get_close_matches(given, flags, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"{given}: did you mean {close[0]}?")
+        else:
+            hints.append(f"{given}: no such flag")
+    return "".join(f"\n  {hint}" for hint in hints)
+
+
 class TrainParser(LightningArgumentParser):
-    """The CLI's parser: clearer messages for the errors users meet most."""
+    """The CLI's parser: clearer messages for the errors users meet most, without the page of usage before them."""
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        super().error(clearer_parse_error(message), ex)
+        message = clearer_parse_error(message)
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raised to jsonargparse itself (a Union subtype tried), or for debugging
+        flags = [flag for flag in self._option_string_actions if flag.startswith("--")]
+        sys.stderr.write(f"train.py: error: {message}{did_you_mean(message, flags)}\n")
+        sys.stderr.write("(python train.py --help lists every flag)\n")
+        self.exit(2)
 
 
 def constructor_error(error: BaseException) -> str:

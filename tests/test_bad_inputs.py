@@ -64,6 +64,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ),
     ("trainer-accumulation", ["--trainer.accumulate_grad_batches=2"], ["--trainer.accumulate_grad_batches"]),
     ("unknown-optimizer", ["--model.optimizer=adam"], ["model.optimizer", "lsam"]),
+    ("mistyped-flag", ["--model.rhoo=0.1"], ["--model.rhoo", "did you mean --model.rho?"]),
     ("unknown-schedule", ["--model.lr_schedule=linear"], ["lr_schedule", "cosine"]),
     ("resume-and-weights", ["--ckpt_path", LAST, "--weights_from", LAST], ["--ckpt_path", "--weights_from"]),
     # values the constructors refuse
@@ -149,6 +150,18 @@ def test_a_bad_input_from_the_command_line_ends_with_one_error_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "train.py: error: --ckpt_path missing.ckpt: no such file"
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_parse_error_is_the_error_and_a_pointer_to_help_not_a_page_of_usage(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, printed = run_in_process(monkeypatch, capsys, *QUICK, "--model.rhoo=0.1", "--no_such_flag")
+    assert code == 2
+    assert printed.strip().splitlines() == [
+        "train.py: error: unrecognized arguments: --model.rhoo=0.1 --no_such_flag",
+        "  --model.rhoo: did you mean --model.rho?",
+        "  --no_such_flag: no such flag",
+        "(python train.py --help lists every flag)",
+    ]
 
 
 def test_an_unwritable_root_is_named(tmp_path, monkeypatch, capsys):

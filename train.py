@@ -591,7 +591,9 @@ class TrainCLI(LightningCLI):
                 isinstance(c, ModelCheckpoint) for c in configured
             ):
                 dirpath = None if run_dir is None else run_dir / "checkpoints"
-                callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last=True))
+                # last.ckpt links to the epoch's checkpoint: one write per epoch, not two (Lightning copies where the
+                # file system refuses links)
+                callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last="link"))
             callbacks.append(RunRecord(run_record(self.config)))
             return super().instantiate_trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
         except BaseException:

@@ -287,8 +287,11 @@ def test_runs_claiming_folders_at_once_each_get_their_own(tmp_path):
 def test_a_run_keeps_epoch_checkpoints_and_last_next_to_an_on_exception_checkpoint(train_here, tmp_path):
     code, printed = train_here("--trainer.callbacks+=OnExceptionCheckpoint", "--trainer.callbacks.dirpath=on_exception")
     assert code == 0, printed[-3000:]
-    checkpoints = {p.name for p in (tmp_path / RUNS / "version_0" / "checkpoints").iterdir()}
-    assert checkpoints == {"epoch=0-step=1.ckpt", "last.ckpt"}
+    folder = tmp_path / RUNS / "version_0" / "checkpoints"
+    assert {p.name for p in folder.iterdir()} == {"epoch=0-step=1.ckpt", "last.ckpt"}
+    # one checkpoint written per epoch: last.ckpt links to it
+    assert (folder / "last.ckpt").is_symlink()
+    assert (folder / "last.ckpt").resolve() == (folder / "epoch=0-step=1.ckpt").resolve()
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume_it(train_here, tmp_path):
@@ -300,7 +303,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume_it(train_here, tmp_
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from its graceful shutdown on
     assert code == 1  # Lightning's exit status after a graceful shutdown
     assert "Interrupted during epoch 3 (counted from 0), after 3 steps." in printed
-    last = (tmp_path / RUNS / "version_0" / "checkpoints" / "last.ckpt").resolve()
+    last = tmp_path.resolve() / RUNS / "version_0" / "checkpoints" / "last.ckpt"
     assert f"Checkpoint:  {last}" in printed
     assert torch.load(last, weights_only=True)["global_step"] == 3  # the end of epoch 2, the last one finished
     assert "Resume:      python train.py --ckpt_path last" in printed

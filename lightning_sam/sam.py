@@ -115,9 +115,11 @@ class SAM(Optimizer):
 
         ``ε`` is :func:`~lightning_sam.functional.perturbation`'s, computed without a host sync. A non-finite
         gradient norm (an fp16 overflow, say) gives a zero scale: the returned ``grad_norm`` is non-finite and
-        ``perturbation_norm`` is 0, so the caller can tell. The phantom point is then ``θ`` where the gradient is
-        finite and NaN where it is not (``0 · ∞``, see :func:`~lightning_sam.functional.perturbed_point`), so that step
-        is caught wherever non-finite steps are; ``θ`` itself is never written, and :meth:`restore` gives it back.
+        ``perturbation_norm`` is 0, so the caller can tell. For plain tensors the phantom point is then ``θ`` where
+        the gradient is finite and NaN where it is not (``0 · ∞``, see
+        :func:`~lightning_sam.functional.perturbed_point`), so that step becomes a non-finite step, caught wherever
+        those are; sharded parameters (DTensors) add ``ε = 0`` and stay at ``θ``. ``θ`` itself is never written, and
+        :meth:`restore` gives it back.
         """
         if self.at_phantom_point:
             raise RuntimeError("SAM.ascend() called at the phantom point: call restore() first")
@@ -135,11 +137,11 @@ class SAM(Optimizer):
         # cost a tenth of an SGD step on ResNet-18 on the CPU); the parameters point at them and keep θ aside
         # untouched, so the restore is a pointer swap, exact and free (no copy of θ is ever made)
         phantom = self._phantom_tensors(params)
-        step = perturbed_point(params, grads, self.rho, phantom, self.adaptive, self.eta, self.eps)
+        norms = perturbed_point(params, grads, self.rho, phantom, self.adaptive, self.eta, self.eps)
         for p, value in zip(params, phantom, strict=True):
             self._real[p] = p.data
             p.data = value
-        return Ascent(step.grad_norm, step.norm)
+        return Ascent(norms.grad_norm, norms.norm)
 
     def _phantom_tensors(self, params: list[Tensor]) -> list[Tensor]:
         """One tensor per parameter to hold its phantom point, allocated once (again if the parameter changed)."""

@@ -72,6 +72,13 @@ class Perturbation(NamedTuple):
     norm: Tensor
 
 
+class PerturbationNorms(NamedTuple):
+    """The norm of the (for ASAM: scaled) gradient and ``‖ε‖`` (0-d tensors), for :func:`perturbed_point`."""
+
+    grad_norm: Tensor
+    norm: Tensor
+
+
 def perturbation(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -130,21 +137,22 @@ def perturbed_point(
     adaptive: bool = False,
     eta: float = 0.01,
     eps: float = 1e-12,
-) -> Perturbation:
+) -> PerturbationNorms:
     """Writes the phantom point ``θ + ε`` of plain-tensor ``params`` into ``out``, in one pass over them.
 
     The training step's fast path (:meth:`lightning_sam.SAM.ascend`): ``ε`` is :func:`perturbation`'s, but never
     materialised. On ResNet-18 on one CPU thread this is 13 ms where ``ε`` and then ``θ + ε`` took 25 ms (a twentieth of
     an SGD step); on the CPU, filling fresh memory costs more than the arithmetic, hence ``out``, kept by the caller.
+    fp16 parameters take two passes: ``addcmul`` would round the scale to fp16 first, where ``ρ / ‖g‖`` overflows for
+    a small gradient.
 
     A non-finite gradient norm gives a zero scale, as in :func:`perturbation`, but ``0 · ∞`` is NaN: the phantom
     point is ``θ`` where the gradient is finite and NaN where it is not, so the loss and gradient there are non-finite
-    and the step is caught wherever non-finite steps are (the device guard, the GradScaler, ``nonfinite="raise"``).
-    Zeroing those entries would take one more pass every step; ``θ`` itself is only read.
+    and the step is a non-finite step, caught wherever those are (the device guard, the GradScaler,
+    ``nonfinite="raise"``). Zeroing those entries would take one more pass every step; ``θ`` itself is only read.
 
     Returns:
-        ``out`` (as ``epsilon``: it holds ``θ + ε``, not ``ε``), the gradient norm, and ``‖ε‖`` (0 for a non-finite
-        gradient).
+        The gradient norm and ``‖ε‖`` (0 for a non-finite gradient); the point is in ``out``.
 
     Example:
         >>> point = [torch.empty(2)]
@@ -160,11 +168,14 @@ def perturbed_point(
         raise ValueError("perturbed_point takes plain tensors: for sharded parameters, add perturbation()'s ε")
     if not params:
         zero = torch.zeros(())
-        return Perturbation(list(out), zero, zero)
+        return PerturbationNorms(zero, zero)
     direction, scale, grad_norm, norm = _scaled_direction(params, grads, rho, adaptive, eta, eps, _plain_norms)
     for p, d, o in zip(params, direction, out, strict=True):
-        torch.addcmul(p.detach(), d, scale, out=o)  # one kernel per tensor: read θ and g, write θ + s g
-    return Perturbation(list(out), grad_norm, norm)
+        if o.dtype == torch.float16:  # s · g in float, then rounded: s itself may not fit in fp16
+            torch.mul(d, scale, out=o).add_(p.detach())
+        else:
+            torch.addcmul(p.detach(), d, scale, out=o)  # one kernel per tensor: read θ and g, write θ + s g
+    return PerturbationNorms(grad_norm, norm)
 
 
 class _ScaledDirection(NamedTuple):
@@ -230,10 +241,15 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     layouts = _layouts(tensors)
     if layouts is not None:
         return _sharded_norms([_local(t) for t in tensors], layouts=layouts)[0]
-    norms = torch._foreach_norm(list(tensors))
+    norms = torch._foreach_norm(list(tensors), 2, dtype=_norm_dtype(tensors))
     if len(norms) == 1:
-        return norms[0].float()
-    return torch.linalg.vector_norm(torch.stack(norms).float())  # stacking promotes mixed dtypes, never narrows
+        return norms[0]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _norm_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    """float32, or float64 where a tensor is: norms of fp16 tensors are taken in float32 (they overflow past 65504)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _plain_norms(*lists: Sequence[Tensor]) -> list[Tensor]:
@@ -300,7 +316,7 @@ def _sharded_norms(*lists: Sequence[Tensor], layouts: Sequence[_Layout | None]) 
 
 
 def _squared_norm(tensors: list[Tensor]) -> Tensor:
-    return torch.stack(torch._foreach_norm(tensors)).float().square().sum()
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=_norm_dtype(tensors))).square().sum()
 
 
 def _local(t: Tensor) -> Tensor:

@@ -103,6 +103,27 @@ def test_perturbed_point_is_theta_plus_the_perturbation(adaptive):
     torch.testing.assert_close(got.grad_norm, expected.grad_norm)
 
 
+@pytest.mark.parametrize("gradient", [0.0, 1e-7, 1e-3])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_an_fp16_phantom_point_stays_finite_for_a_small_gradient(gradient, adaptive):
+    # ρ / ‖g‖ exceeds fp16's range (65504) for ‖g‖ < 8e-7 at ρ = 0.05: the scale must not be rounded to fp16 first
+    params = [torch.ones(4, 3, dtype=torch.float16), torch.ones(3, dtype=torch.float16)]
+    grads = [torch.full_like(p, gradient) for p in params]
+    out = [torch.empty_like(p) for p in params]
+    perturbed_point(params, grads, rho=0.05, out=out, adaptive=adaptive)
+    expected = perturbation(params, grads, rho=0.05, adaptive=adaptive).epsilon
+    for p, e, o in zip(params, expected, out):
+        assert torch.isfinite(o).all()
+        torch.testing.assert_close(o, p + e)
+
+
+def test_an_fp16_gradient_norm_beyond_fp16_range_is_finite():
+    grads = [torch.full((10,), 3e4, dtype=torch.float16)]  # norm ≈ 94868 > 65504
+    step = perturbation([torch.zeros(10, dtype=torch.float16)], grads, rho=0.5)
+    assert step.grad_norm.item() == pytest.approx(3e4 * 10**0.5, rel=1e-3)
+    assert step.norm.item() == pytest.approx(0.5, rel=1e-3)
+
+
 def test_restore_returns_real_parameters_bit_for_bit():
     model, x, t = _quadratic()
     sam = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.7)

@@ -128,7 +128,7 @@ class SAMClassifier(pl.LightningModule):
         self._compiled = False  # the body compiled by configure_model (compile=True)
         # the epoch's phantom losses, summed over examples on the device (None: no phantom pass yet this epoch)
         self._phantom_loss_sum: Tensor | None = None
-        self._phantom_examples = 0
+        self._phantom_examples: Tensor | None = None
 
     # --- the interface callbacks use -------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class SAMClassifier(pl.LightningModule):
                     with frozen_batchnorm_stats(self.body):
                         phantom_logits = self(x)
                 phantom_loss = F.cross_entropy(phantom_logits, y)
-                # a non-finite loss at θ gives a non-finite gradient, no perturbation, and is caught here
+                # a non-finite gradient at θ gives a zero scale and a non-finite phantom point, caught here
                 self._check_finite(phantom_loss, "loss at the phantom point", x)
                 self.manual_backward(phantom_loss)
             self._log_ascent(ascent, phantom_loss, len(y), scaled=name != "lsam")
@@ -281,7 +281,7 @@ class SAMClassifier(pl.LightningModule):
 
     @override
     def on_train_epoch_start(self) -> None:
-        self._phantom_loss_sum, self._phantom_examples = None, 0
+        self._phantom_loss_sum = self._phantom_examples = None
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -337,10 +337,14 @@ class SAMClassifier(pl.LightningModule):
     def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, batch_size: int, scaled: bool) -> None:
         # the epoch mean, summed on the device: a self.log every step costs more than LSAM's whole head ascent on a
         # small model, and loggers only write step values at the logging interval anyway
-        if self._phantom_loss_sum is None:
+        if self._phantom_loss_sum is None or self._phantom_examples is None:
             self._phantom_loss_sum = torch.zeros((), device=self.device)
-        self._phantom_loss_sum.add_(phantom_loss.detach(), alpha=batch_size)
-        self._phantom_examples += batch_size
+            self._phantom_examples = torch.zeros((), device=self.device)
+        # a step without a phantom point (a non-finite ascent gradient: a GradScaler overflow, say) has a NaN phantom
+        # loss; it counts in neither sum, decided on the device
+        weight = torch.isfinite(phantom_loss.detach()) * batch_size
+        self._phantom_loss_sum.add_(torch.nan_to_num(phantom_loss.detach()) * weight)
+        self._phantom_examples.add_(weight)
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps:
             return  # the step-only statistics are written at the logging interval: computed only then
         self.log("train/loss_phantom_step", phantom_loss.detach(), on_step=True, on_epoch=False)

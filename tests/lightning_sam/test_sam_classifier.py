@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -462,6 +463,19 @@ def test_a_guarded_step_waits_for_the_device_nowhere(optimizer, monkeypatch):
     monkeypatch.setattr(SAMClassifier, "_sam_step", counting_step)
     _fit(_model(BNBody, optimizer=optimizer, rho=0.1), _data(32), batch_size=16, max_epochs=1)
     assert syncs == []
+
+
+def test_an_overflowing_step_has_no_phantom_loss_and_leaves_the_epoch_mean_finite():
+    # a GradScaler starting at 2^40 overflows the first steps: their ascent gradient is inf, so there is no phantom
+    # point (NaN); the epoch's mean phantom loss is over the other steps
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    model = _model(BNBody, optimizer="sam", rho=0.05)
+    trainer = _fit(model, _data(256), batch_size=8, max_epochs=1,
+                   plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])  # fmt: skip
+    assert scaler.get_scale() < 2.0**40  # it overflowed, and lowered its scale
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss_phantom_epoch"])
+    assert metrics["train/loss_phantom_epoch"].item() == pytest.approx(metrics["train/loss_epoch"].item(), rel=0.3)
 
 
 def test_step_statistics_are_computed_at_the_logging_interval_only(monkeypatch):

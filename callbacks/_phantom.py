@@ -34,8 +34,8 @@ from lightning_sam.callbacks._sharded_map import read_batches
 from lightning_sam.callbacks._sharded_phantom import batch_slices, sharded_phantom_point
 from lightning_sam.callbacks.protocols import DeclaresRho, PerturbedModel, TrainData
 from lightning_sam.functional.importance import PhantomPoint, head_phantom, phantom_point
-from lightning_sam.functional.perturbation import PerturbationSpec, Scope
-from lightning_sam.sharding import is_sharded
+from lightning_sam.functional.perturbation import PerturbationSpec, Scope, is_dtensor
+from lightning_sam.sharding import is_sharded, reshard
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,13 @@ def perturbed_parameter_names(
 
 
 def optimized_parameters(trainer: pl.Trainer) -> list[Tensor] | None:
-    """The parameters the trainer's optimizers update; ``None`` before there are any (a measurement outside fit)."""
-    optimizers = trainer.optimizers
-    if not optimizers:
-        return None
-    return [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
+    """The parameters the trainer's optimizers update; ``None`` where there are none to go by.
+
+    Before ``fit`` builds the optimizers, or where ``configure_optimizers`` returns none (Lightning's stand-in has no
+    parameters: the module moves its weights some other way), every trainable parameter counts.
+    """
+    params = [p for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]]
+    return params or None
 
 
 # model -> (key, batches): the last measurement, shared by every callback asking for the same one at the same step
@@ -173,6 +175,9 @@ def phantom_batches(
     ``functional_call``: parameters, gradients, buffers and train/eval modes are left exactly as found.
     """
     dataset = _training_dataset(trainer, dataset)
+    sharded = is_sharded(pl_module)
+    if sharded:  # an FSDP2 root keeps its gathered parameters after a forward: not the optimizer's tensors
+        reshard(pl_module)
     names = perturbed_parameter_names(pl_module, spec, head, optimized_parameters(trainer))
     # the weights themselves are part of the key: in-place updates and loads bump each tensor's version counter
     weights = tuple((id(p), p._version) for p in pl_module.parameters())
@@ -185,7 +190,6 @@ def phantom_batches(
     weight_name = f"{head_name}.weight"
     whole_scope = names == perturbed_parameter_names(pl_module, spec, head)
     batches = []
-    sharded = is_sharded(pl_module)
     # random augmentations of the training set draw from the global RNG: measuring must not move training's draws
     with evaluation_mode(pl_module), torch.random.fork_rng(devices=[]):
         for index, positions, batch in _rank_batches(trainer, pl_module, dataset, sampling):
@@ -195,7 +199,9 @@ def phantom_batches(
             if not names:  # the scope holds nothing the optimizer updates: the phantom point is the real one
                 with torch.no_grad():
                     real_logits = pl_module(batch_input(batch))
-                point = PhantomPoint(real_logits, real_logits, {})
+                weight = head_module.weight
+                whole = weight.full_tensor() if is_dtensor(weight) else weight.detach()  # type: ignore[attr-defined]
+                point = PhantomPoint(real_logits, real_logits, {weight_name: whole})
             elif sharded:  # FSDP2: every rank takes part in every batch, each with a slice of it
                 point = sharded_phantom_point(pl_module, batch_input(batch), y, spec, names, weight_name)
             elif spec.scope == "head" and whole_scope:  # the closed form perturbs the scope's every tensor

@@ -12,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.core.optimizer import _MockOptimizer
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins import MixedPrecision
 from pytorch_lightning.strategies import ModelParallelStrategy
@@ -424,6 +425,17 @@ def test_a_scope_the_optimizer_does_not_update_measures_the_real_point():
     for batch in batches:
         assert torch.equal(batch.phantom_logits, batch.real_logits)
     assert history[0]["importance/gini_phantom"] == history[0]["importance/gini_real"]
+
+
+def test_without_an_optimizer_every_trainable_parameter_counts():
+    # before fit, or with configure_optimizers returning None (Lightning's stand-in optimizer has no parameters)
+    assert optimized_parameters(SimpleNamespace(optimizers=[])) is None
+    assert optimized_parameters(SimpleNamespace(optimizers=[_MockOptimizer()])) is None
+    head = nn.Linear(2, 2)
+    assert optimized_parameters(SimpleNamespace(optimizers=[torch.optim.SGD(head.parameters())])) == [
+        head.weight,
+        head.bias,
+    ]
 
 
 def test_a_module_name_scope_reaches_the_measurement_engine():

@@ -10,7 +10,9 @@ what it saves with one process:
 - ``exception_rank<r>.pt``: this rank's shards and head before a step whose phantom forward raised, and after;
 - ``sharded_head.pt``: the phantom head of SAM perturbing only a head that is itself sharded (FSDP2);
 - ``importance_<optimizer>.pt``: ImportanceWeights' measurements at the phantom points of SAM and ASAM, which move
-  the shards of the body (the last phantom batch, of one example, leaves one rank an empty slice).
+  the shards of the body (the last phantom batch, of one example, leaves one rank an empty slice);
+- ``stem_names_rank<r>.pt``: the parameters a phantom measurement moves, taken after a no-grad forward (as after
+  validation), of a body with a parameter of its own (in the FSDP2 root, like a ResNet's stem).
 """
 
 import sys
@@ -26,7 +28,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from lightning_sam import SAM, SAMClassifier
+from lightning_sam.bodies import TwoBranchMLP
 from lightning_sam.callbacks import ImportanceWeights
+from lightning_sam.callbacks._phantom import _CACHE, PhantomSampling, phantom_batches
 from tests import tiny
 from tests.lightning_sam import ddp_fit
 
@@ -103,6 +107,7 @@ def main(out: Path) -> None:
     torch.save(result, out / f"exception_rank{fit.global_rank}.pt")
 
     sharded_head(out, fit.global_rank)
+    stem_names(out, data)
 
 
 def importance_weights() -> ImportanceWeights:
@@ -128,6 +133,36 @@ def sharded_head(out: Path, rank: int) -> None:
     real = head.full_tensor()
     if rank == 0:
         torch.save({"phantom": phantom, "real": real, "norm": ascent.perturbation_norm}, out / "sharded_head.pt")
+
+
+class StemBody(nn.Module):
+    """TwoBranchMLP behind a parameter of the body's own: it stays in the FSDP2 root, as a ResNet's stem does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.blocks = TwoBranchMLP(hidden=16)
+        self.out_features = self.blocks.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x * self.scale)
+
+
+def stem_names(out: Path, data: tiny.ShardedData) -> None:
+    """The names a phantom measurement perturbs after a no-grad forward, which leaves the root's parameters gathered."""
+    torch.manual_seed(0)
+    model = SAMClassifier(StemBody(), optimizer="sam", rho=0.5, lr=0.1, lr_schedule="constant")
+    fit = trainer(2, max_steps=1)
+    fit.fit(model, data)
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():
+        model(batch[0])  # as validation does before the epoch-end measurements
+    sampling = PhantomSampling(num_examples=16)
+    phantom_batches(fit, model, model.perturbation_spec, sampling, None, lambda b: b[0], lambda b: b[1], data.dataset)
+    key = _CACHE[model][0]
+    names = next(part for part in key if isinstance(part, tuple) and part and isinstance(part[0], str))
+    torch.save({"names": list(names), "all": [n for n, _ in model.named_parameters()]},
+               out / f"stem_names_rank{fit.global_rank}.pt")  # fmt: skip
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,15 @@ def test_sharded_body_on_two_processes_matches_one_process_with_the_global_batch
         torch.testing.assert_close(two[key], value, rtol=0, atol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_measurement_after_a_no_grad_forward_perturbs_the_roots_own_parameters(two_process_runs, rank):
+    # an FSDP2 root keeps its gathered parameters after a forward without backward (validation): not the optimizer's
+    # tensors, so the measurement would have left them out of the phantom point, unlike training
+    saved = torch.load(two_process_runs / f"stem_names_rank{rank}.pt", weights_only=True)
+    assert "body.scale" in saved["names"]
+    assert saved["names"] == saved["all"]
+
+
 @pytest.mark.parametrize("optimizer", ["sam", "asam"])
 def test_importance_weights_on_a_sharded_model_equal_one_process(two_process_runs, optimizer):
     importance, model = sharded_fit.importance_weights(), ddp_fit.make_model(optimizer, "global")

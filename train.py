@@ -341,9 +341,12 @@ class RunRecord(Callback):
 
 
 def run_record(config: Any) -> dict[str, Any]:
-    """What a resume must keep: the body and the data (but not where the data lies or how many workers read it)."""
+    """What a resume must keep: the body and the data.
+
+    Not where the data lies, nor how many workers read it or how many examples evaluation reads at once.
+    """
     data = config["data"].as_dict() if hasattr(config["data"], "as_dict") else dict(config["data"] or {})
-    for key in ("root", "num_workers"):
+    for key in ("root", "num_workers", "evaluation_batch_size"):
         data.get("init_args", {}).pop(key, None)
     body = config["model"]["body"]
     return {"model.body": body.as_dict() if hasattr(body, "as_dict") else body, "data": data}

@@ -31,7 +31,8 @@ class FeatureDataModule(pl.LightningDataModule):
     Args:
         root: folder that holds (or will hold) the dataset.
         batch_size: examples per batch (per device under DDP); evaluation and probe batches hold
-            ``max(batch_size, evaluation_batch_size)``, where a subclass sets ``evaluation_batch_size``.
+            ``max(batch_size, evaluation_batch_size)``, where a subclass sets ``evaluation_batch_size`` (the toy's
+            constructor takes it).
         num_workers: DataLoader worker processes.
         seed: seeds every split and sampling choice the datamodule makes.
     """

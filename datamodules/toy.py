@@ -63,7 +63,7 @@ class ToyDataModule(FeatureDataModule):
 
     Args:
         root: unused (the data is generated); kept for the shared constructor shape.
-        batch_size: examples per training batch (validation, test and probe batches hold up to 1024).
+        batch_size: examples per training batch.
         num_workers: DataLoader workers.
         seed: seeds every split.
         n_train: training examples.
@@ -74,13 +74,14 @@ class ToyDataModule(FeatureDataModule):
         sigma_easy: the easy feature's noise.
         sigma_hard: the hard feature's noise.
         easy_spread: spread of the easy feature's per-example margin (see :func:`sample_toy`; 0: none).
+        evaluation_batch_size: validation, test and probe batches hold ``max(batch_size, evaluation_batch_size)``
+            examples (three numbers each: reading a split in a few batches is cheaper than in many).
     """
 
     num_classes = 2
     feature_names = ("easy", "hard")
     num_groups = 4  # 2 y + easy label
     reads_root = False
-    evaluation_batch_size = 1024  # three numbers per example: evaluation and probes read a split in a few batches
 
     def __init__(
         self,
@@ -96,8 +97,15 @@ class ToyDataModule(FeatureDataModule):
         sigma_easy: float = 0.1,
         sigma_hard: float = 0.02,
         easy_spread: float = 0.0,
+        evaluation_batch_size: int = 1024,
     ) -> None:
         super().__init__(root, batch_size, num_workers, seed)
+        if isinstance(evaluation_batch_size, bool) or evaluation_batch_size < 0:
+            raise ValueError(
+                f"{type(self).__name__}: evaluation_batch_size must be >= 0 (0: batch_size), "
+                f"got {evaluation_batch_size!r}"
+            )
+        self.evaluation_batch_size = evaluation_batch_size
         for name, n in (("n_train", n_train), ("n_val", n_val), ("n_probe", n_probe)):
             if n < 2:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 2, got {n}")

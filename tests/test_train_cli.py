@@ -327,6 +327,15 @@ def test_a_resume_with_the_same_settings_continues_the_run_in_a_new_folder(train
     assert (tmp_path / RUNS / "version_1" / "config.yaml").is_file()
 
 
+def test_a_resume_may_evaluate_in_other_batches(train_here):
+    # how many examples evaluation reads at once changes no training: like num_workers, a resume may change it
+    assert train_here("--model.lr_schedule=constant")[0] == 0
+    code, printed = train_here("--model.lr_schedule=constant", "--trainer.max_epochs=2", "--ckpt_path=last",
+                               "--data.init_args.evaluation_batch_size=0")  # fmt: skip
+    assert code == 0, printed[-3000:]
+    assert "Finished after 2 epochs, 2 steps." in printed
+
+
 def test_ckpt_path_last_hands_fit_the_latest_runs_file(train_here, record_fit, tmp_path):
     assert train_here()[0] == 0
     assert train_here()[0] == 0  # version_1

@@ -23,7 +23,8 @@ from lightning_sam.bodies import TwoBranchMLP
 from lightning_sam.datamodules import ToyDataModule
 from tests.train_py import ROOT, TRAIN
 
-TOY = {"n_train": 255, "n_val": 127, "n_probe": 201, "sigma_easy": 1.0}  # a noisy easy feature: accuracies below 1
+# a noisy easy feature: accuracies below 1; evaluation in training-sized batches, several per rank (0: batch_size)
+TOY = {"n_train": 255, "n_val": 127, "n_probe": 201, "sigma_easy": 1.0, "evaluation_batch_size": 0}
 BATCH = 64  # the global batch
 FLAGS = [
     *(f"--data.init_args.{k}={v}" for k, v in TOY.items()),

@@ -21,8 +21,8 @@ from tests.train_py import ROOT, TRAIN, run_in_process
 SHARDED = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ModelParallelStrategy"]
 # a constant schedule: the resume trains a second epoch (a cosine schedule would have to span both from the start)
 CHECKPOINTED = ["--trainer.enable_checkpointing=true", "--model.lr_schedule=constant"]
-# 129 validation examples, 32 per process and batch: unpadded shares would be 3 batches on one rank and 2 on the other,
-# and under FSDP2 (a forward is a collective) the third would wait forever
+# 129 validation examples, 32 per process and batch (FLAGS evaluate in training-sized batches): unpadded shares would
+# be 3 batches on one rank and 2 on the other, and under FSDP2 (a forward is a collective) the third would wait forever
 RUN = [*FLAGS, *CHECKPOINTED, "--data.init_args.n_val=129"]
 
 

@@ -11,7 +11,7 @@ from lightning_sam.datamodules import ToyDataModule
 
 @pytest.fixture
 def toy() -> ToyDataModule:
-    data = ToyDataModule(n_train=8, n_val=127, n_probe=8, batch_size=32)
+    data = ToyDataModule(n_train=8, n_val=127, n_probe=8, batch_size=32, evaluation_batch_size=0)
     data.setup()
     return data
 
@@ -45,7 +45,7 @@ def test_one_process_and_a_split_smaller_than_the_world_keep_the_plain_loader(to
 def test_a_sharded_model_evaluates_with_lightnings_sampler_as_its_forwards_are_collectives(toy: ToyDataModule) -> None:
     # unpadded, 129 examples at 32 per batch are 3 batches on rank 0 and 2 on rank 1: under FSDP2 every forward
     # gathers parameters, and rank 0's third batch would wait forever for rank 1
-    data = ToyDataModule(n_train=8, n_val=129, n_probe=8, batch_size=32)
+    data = ToyDataModule(n_train=8, n_val=129, n_probe=8, batch_size=32, evaluation_batch_size=0)
     data.setup()
     for split in ("val", "test"):
         loader = getattr(_on_rank(data, 2, 0, ModelParallelStrategy()), f"{split}_dataloader")()

@@ -5,8 +5,8 @@
 1. SGD, SAM and LSAM train a few steps of ResNet-18 (3x32x32, batch 128) under ``16-mixed`` and ``bf16-mixed``:
    the loss is finite and the parameters move.
 2. An fp16 overflow: a batch whose activations overflow in half precision. The ascent gradient is non-finite, so
-   the perturbation is skipped; the GradScaler skips the update and lowers its scale; the parameters are exactly
-   the real ones they were before the step.
+   the perturbation's scale is 0 and the phantom gradient non-finite; the GradScaler skips the update and lowers its
+   scale; the parameters are exactly the real ones they were before the step.
 3. Median step times and their ratios to SGD, per precision.
 4. The sharded path on this one GPU (``ModelParallelStrategy``, FSDP2 over one process, NCCL): SAM, ASAM and LSAM
    with the body's parameters as DTensors take the same steps as without sharding. Several GPUs are not needed for

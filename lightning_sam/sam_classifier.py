@@ -285,7 +285,8 @@ class SAMClassifier(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        if self._phantom_loss_sum is not None:  # SAM, ASAM and LSAM, after at least one step in this epoch
+        # SAM, ASAM and LSAM, after at least one step in this epoch (both are set together)
+        if self._phantom_loss_sum is not None and self._phantom_examples is not None:
             mean = self._phantom_loss_sum / self._phantom_examples
             self.log("train/loss_phantom_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
 

@@ -141,10 +141,11 @@ def run_summary(trainer: pl.Trainer) -> str:
     checkpoint_path = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
     if checkpoint_path:
         lines.append(f"Checkpoint:  {checkpoint_path}")
-        if trainer.interrupted:
-            lines.append("Resume:      python train.py --ckpt_path last, with this run's other flags")
+        if trainer.interrupted:  # the path itself: `last` could name another run's file (a ModelCheckpoint elsewhere)
+            lines.append(f"Resume:      python train.py --ckpt_path {checkpoint_path}, with this run's other flags")
     elif trainer.interrupted:
-        lines.append("Checkpoint:  none yet (the first is written when an epoch ends)")
+        written = "none yet (the first is written when an epoch ends)" if checkpoint else "none (checkpointing is off)"
+        lines.append(f"Checkpoint:  {written}")
     for logger in trainer.loggers:
         if logger.log_dir is None:
             continue
@@ -236,6 +237,11 @@ def latest_last_checkpoint(logs_root: Path) -> Path:
         raise UsageError(f"--ckpt_path last: there is no run folder (version_N) in {logs_root} to resume")
     for _, folder in reversed(runs):
         last = folder / "checkpoints" / "last.ckpt"
+        if last.is_symlink() and not last.exists():  # passing over it would resume an older run without a word
+            raise UsageError(
+                f"--ckpt_path last: {last} links to {os.readlink(last)}, which is gone (a run killed between saving "
+                "a checkpoint and linking it, or a deleted file): pass the checkpoint to resume as --ckpt_path <file>"
+            )
         if last.is_file() or is_sharded_checkpoint(last):
             return last.resolve()
     raise UsageError(
@@ -402,7 +408,11 @@ def clearer_parse_error(message: str) -> str:
 
 
 def did_you_mean(message: str, flags: list[str]) -> str:
-    """``" (did you mean --model.rho?)"`` for each unrecognized flag of ``message`` that is close to a real one."""
+    """A line ``--model.rhoo: did you mean --model.rho?`` for each unrecognized flag close to one of ``flags``.
+
+    Nothing for the others: a flag of a subclass (``--data.init_args.*``) is not among the root parser's ``flags``,
+    and a subclass's own parser names its flags without their prefix.
+    """
     match = re.search(r"unrecognized arguments: (.*)", message)
     if match is None:
         return ""
@@ -410,10 +420,8 @@ def did_you_mean(message: str, flags: list[str]) -> str:
     for given in re.findall(r"(?<!\S)(--[\w.\-+]+)", match.group(1)):
         close = difflib.get_close_matches(given, flags, n=1, cutoff=0.75)
         if close:
-            hints.append(f"{given}: did you mean {close[0]}?")
-        else:
-            hints.append(f"{given}: no such flag")
-    return "".join(f"\n  {hint}" for hint in hints)
+            hints.append(f"\n  {given}: did you mean {close[0]}?")
+    return "".join(hints)
 
 
 class TrainParser(LightningArgumentParser):
@@ -422,7 +430,8 @@ class TrainParser(LightningArgumentParser):
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         message = clearer_parse_error(message)
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+        debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() in ("1", "true", "yes", "on")
+        if not self.exit_on_error or debug:
             super().error(message, ex)  # raised to jsonargparse itself (a Union subtype tried), or for debugging
         flags = [flag for flag in self._option_string_actions if flag.startswith("--")]
         sys.stderr.write(f"train.py: error: {message}{did_you_mean(message, flags)}\n")
@@ -594,8 +603,8 @@ class TrainCLI(LightningCLI):
                 isinstance(c, ModelCheckpoint) for c in configured
             ):
                 dirpath = None if run_dir is None else run_dir / "checkpoints"
-                # last.ckpt links to the epoch's checkpoint: one write per epoch, not two (Lightning copies where the
-                # file system refuses links)
+                # last.ckpt links to the epoch's checkpoint: one write per epoch, not two (Lightning copies a file
+                # where the file system refuses links)
                 callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last="link"))
             callbacks.append(RunRecord(run_record(self.config)))
             return super().instantiate_trainer(callbacks=callbacks, logger=loggers or False, **kwargs)

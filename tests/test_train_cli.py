@@ -306,8 +306,32 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume_it(train_here, tmp_
     last = tmp_path.resolve() / RUNS / "version_0" / "checkpoints" / "last.ckpt"
     assert f"Checkpoint:  {last}" in printed
     assert torch.load(last, weights_only=True)["global_step"] == 3  # the end of epoch 2, the last one finished
-    assert "Resume:      python train.py --ckpt_path last" in printed
+    assert f"Resume:      python train.py --ckpt_path {last}, with this run's other flags" in printed
     assert "Finished after" not in printed
+
+
+def test_ctrl_c_without_checkpointing_says_there_is_no_checkpoint(train_here):
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code, printed = train_here("--trainer.max_epochs=5", "--trainer.callbacks+=tests.tiny.CtrlC",
+                                   "--trainer.callbacks.step=3", "--trainer.enable_checkpointing=false")  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert code == 1
+    assert "Checkpoint:  none (checkpointing is off)" in printed
+    assert "Resume:" not in printed
+
+
+def test_ckpt_path_last_refuses_a_link_to_a_deleted_checkpoint(train_here, tmp_path):
+    assert train_here()[0] == 0  # version_0, an older run that must not be resumed in its place
+    assert train_here()[0] == 0  # version_1
+    checkpoints = tmp_path / RUNS / "version_1" / "checkpoints"
+    (checkpoints / "last.ckpt").resolve().unlink()  # killed between saving and linking, or pruned by hand
+    code, printed = train_here("--ckpt_path=last")
+    assert code == 2
+    error = printed[printed.rindex("error:") :]
+    assert str(RUNS / "version_1" / "checkpoints" / "last.ckpt") in error  # the run's, not version_0's
+    assert "is gone" in error
 
 
 def test_a_configured_model_checkpoint_replaces_the_default_one(train_here, tmp_path):

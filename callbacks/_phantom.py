@@ -200,7 +200,8 @@ def phantom_batches(
                 with torch.no_grad():
                     real_logits = pl_module(batch_input(batch))
                 weight = head_module.weight
-                whole = weight.full_tensor() if is_dtensor(weight) else weight.detach()  # type: ignore[attr-defined]
+                whole = weight.detach()
+                whole = whole.full_tensor() if is_dtensor(whole) else whole  # type: ignore[attr-defined]
                 point = PhantomPoint(real_logits, real_logits, {weight_name: whole})
             elif sharded:  # FSDP2: every rank takes part in every batch, each with a slice of it
                 point = sharded_phantom_point(pl_module, batch_input(batch), y, spec, names, weight_name)

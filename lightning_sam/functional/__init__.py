@@ -31,6 +31,7 @@ from lightning_sam.functional.learning_rate_scaling import (
 from lightning_sam.functional.linear_probe import LinearProbe, fit_linear_probe, held_out_split
 from lightning_sam.functional.perturbation import (
     Perturbation,
+    PerturbationNorms,
     PerturbationSpec,
     global_norm,
     perturbation,
@@ -41,6 +42,7 @@ __all__ = [
     "FeatureScaling",
     "LinearProbe",
     "Perturbation",
+    "PerturbationNorms",
     "PerturbationSpec",
     "PhantomPoint",
     "average_group_accuracy",

@@ -143,8 +143,8 @@ def perturbed_point(
     The training step's fast path (:meth:`lightning_sam.SAM.ascend`): ``ε`` is :func:`perturbation`'s, but never
     materialised. On ResNet-18 on one CPU thread this is 13 ms where ``ε`` and then ``θ + ε`` took 25 ms (a twentieth of
     an SGD step); on the CPU, filling fresh memory costs more than the arithmetic, hence ``out``, kept by the caller.
-    fp16 parameters take two passes: ``addcmul`` would round the scale to fp16 first, where ``ρ / ‖g‖`` overflows for
-    a small gradient.
+    fp16 parameters are computed in float32 and rounded (a temporary per tensor): ``addcmul`` would round the scale to
+    fp16 first, where ``ρ / ‖g‖`` overflows for a small gradient.
 
     A non-finite gradient norm gives a zero scale, as in :func:`perturbation`, but ``0 · ∞`` is NaN: the phantom
     point is ``θ`` where the gradient is finite and NaN where it is not, so the loss and gradient there are non-finite
@@ -171,8 +171,8 @@ def perturbed_point(
         return PerturbationNorms(zero, zero)
     direction, scale, grad_norm, norm = _scaled_direction(params, grads, rho, adaptive, eta, eps, _plain_norms)
     for p, d, o in zip(params, direction, out, strict=True):
-        if o.dtype == torch.float16:  # s · g in float, then rounded: s itself may not fit in fp16
-            torch.mul(d, scale, out=o).add_(p.detach())
+        if o.dtype == torch.float16:  # θ + s g in float32, then rounded: s itself may not fit in fp16 (a 0-d CUDA
+            o.copy_(d.float().mul_(scale).add_(p.detach()))  # tensor in an fp16 op would be cast to fp16 first)
         else:
             torch.addcmul(p.detach(), d, scale, out=o)  # one kernel per tensor: read θ and g, write θ + s g
     return PerturbationNorms(grad_norm, norm)

@@ -703,7 +703,8 @@ def _fit() -> None:
         save_config_callback=None,  # the run writes config.yaml into its own folder (TrainCLI.instantiate_trainer)
         auto_configure_optimizers=False,  # `--optimizer Adam` would replace SAM
         parser_class=TrainParser,
-        parser_kwargs={"default_config_files": default_config_files(sys.argv[1:])},
+        # allow_abbrev=False: argparse would take --trainer.max_epoch for --trainer.max_epochs without a word
+        parser_kwargs={"default_config_files": default_config_files(sys.argv[1:]), "allow_abbrev": False},
     )
     if cli.config["check"]:
         cli.release_run_folders()  # a check trains nothing and writes nothing

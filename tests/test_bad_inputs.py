@@ -65,6 +65,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("trainer-accumulation", ["--trainer.accumulate_grad_batches=2"], ["--trainer.accumulate_grad_batches"]),
     ("unknown-optimizer", ["--model.optimizer=adam"], ["model.optimizer", "lsam"]),
     ("mistyped-flag", ["--model.rhoo=0.1"], ["--model.rhoo", "did you mean --model.rho?"]),
+    ("abbreviated-flag", ["--trainer.max_epoch=2"], ["--trainer.max_epoch", "did you mean --trainer.max_epochs?"]),
     ("unknown-schedule", ["--model.lr_schedule=linear"], ["lr_schedule", "cosine"]),
     ("resume-and-weights", ["--ckpt_path", LAST, "--weights_from", LAST], ["--ckpt_path", "--weights_from"]),
     # values the constructors refuse

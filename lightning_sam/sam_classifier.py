@@ -126,9 +126,8 @@ class SAMClassifier(pl.LightningModule):
         self._first_nonfinite_step: Tensor | None = None
         self._sharded = False  # the body sharded by configure_model (ModelParallelStrategy)
         self._compiled = False  # the body compiled by configure_model (compile=True)
-        # the epoch's phantom losses, summed over examples on the device (None: no phantom pass yet this epoch)
-        self._phantom_loss_sum: Tensor | None = None
-        self._phantom_examples: Tensor | None = None
+        # the epoch's (Σ phantom loss · examples, examples) on the device (None: no phantom pass yet this epoch)
+        self._phantom_totals: Tensor | None = None
 
     # --- the interface callbacks use -------------------------------------------------------------------------
 
@@ -281,13 +280,13 @@ class SAMClassifier(pl.LightningModule):
 
     @override
     def on_train_epoch_start(self) -> None:
-        self._phantom_loss_sum = self._phantom_examples = None
+        self._phantom_totals = None
 
     @override
     def on_train_epoch_end(self) -> None:
-        # SAM, ASAM and LSAM, after at least one step in this epoch (both are set together)
-        if self._phantom_loss_sum is not None and self._phantom_examples is not None:
-            mean = self._phantom_loss_sum / self._phantom_examples
+        if self._phantom_totals is not None:  # SAM, ASAM and LSAM, after at least one step in this epoch
+            total, examples = self._phantom_totals
+            mean = total / examples
             self.log("train/loss_phantom_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
 
     @override
@@ -338,14 +337,13 @@ class SAMClassifier(pl.LightningModule):
     def _log_ascent(self, ascent: Ascent, phantom_loss: Tensor, batch_size: int, scaled: bool) -> None:
         # the epoch mean, summed on the device: a self.log every step costs more than LSAM's whole head ascent on a
         # small model, and loggers only write step values at the logging interval anyway
-        if self._phantom_loss_sum is None or self._phantom_examples is None:
-            self._phantom_loss_sum = torch.zeros((), device=self.device)
-            self._phantom_examples = torch.zeros((), device=self.device)
+        if self._phantom_totals is None:
+            self._phantom_totals = torch.zeros(2, device=self.device)
         # a step without a phantom point (a non-finite ascent gradient: a GradScaler overflow, say) has a NaN phantom
-        # loss; it counts in neither sum, decided on the device
-        weight = torch.isfinite(phantom_loss.detach()) * batch_size
-        self._phantom_loss_sum.add_(torch.nan_to_num(phantom_loss.detach()) * weight)
-        self._phantom_examples.add_(weight)
+        # loss; it counts in neither total, decided on the device
+        loss = phantom_loss.detach().float()
+        weight = torch.isfinite(loss) * batch_size
+        self._phantom_totals.add_(torch.stack([torch.nan_to_num(loss), torch.ones_like(loss)]) * weight)
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps:
             return  # the step-only statistics are written at the logging interval: computed only then
         self.log("train/loss_phantom_step", phantom_loss.detach(), on_step=True, on_epoch=False)
